@@ -1,0 +1,70 @@
+# All about Norm: `make book` builds the site, `make test` runs every check.
+# Both create .venv and install the pinned environment on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.stamp-install
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+PORT   ?= 8000
+# Two workers: the machine CI runs on has 2 cores.
+XDIST  := -n 2
+
+.PHONY: help install book test lint unit nbval site-check browser notebooks serve lock clean
+
+help:
+	@echo "make book       build the site into _build/html"
+	@echo "make test       lint, unit tests, nbval, notebook hygiene, site build and checks, browser check"
+	@echo "make notebooks  re-execute every notebook in place (refresh the stored outputs)"
+	@echo "make serve      preview the built site on http://127.0.0.1:$(PORT)"
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	touch $@
+
+book: $(STAMP)
+	rm -rf _build/html _build/.doctrees
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+lint: $(STAMP)
+	$(BIN)/ruff check refimpl tests notebooks
+
+# Unit tests and notebook hygiene; the site tests need a built site and run after `book`.
+unit: $(STAMP)
+	$(BIN)/python -m pytest $(XDIST) -q --ignore=tests/site
+
+# nbval re-executes every notebook and compares it with its stored outputs.
+# --dist loadfile keeps each notebook's cells on one worker (one kernel per notebook).
+nbval: $(STAMP)
+	$(BIN)/python -m pytest $(XDIST) --dist loadfile -q -p no:randomly --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120 $(NOTEBOOKS)
+
+site-check: $(STAMP)
+	$(BIN)/python -m pytest -q tests/site
+
+test: lint unit nbval book site-check
+
+notebooks: $(STAMP)
+	for nb in $(NOTEBOOKS); do \
+		echo "executing $$nb"; \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=120 --ExecutePreprocessor.kernel_name=python3 $$nb || exit 1; \
+	done
+
+serve:
+	@echo "serving _build/html on http://127.0.0.1:$(PORT) (Ctrl-C stops)"
+	$(BIN)/python -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
+
+# Refresh constraints.txt from the current venv after changing requirements.txt.
+lock: $(STAMP)
+	( echo "# Full lock of the environment that requirements.txt resolves to (pip freeze)."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^torch==' ; echo "torch==2.13.0" ) > constraints.txt
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache .hypothesis

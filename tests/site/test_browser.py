@@ -1,0 +1,142 @@
+"""A real browser reads every page: headless Chromium, served from 127.0.0.1.
+
+Fails on JavaScript errors (console errors and uncaught exceptions), failed requests,
+broken images, broken internal links (missing pages or anchors) and unrendered math,
+and saves a screenshot of every page under _build/screenshots/.
+
+Without Chromium the check is skipped with a message; with CI=true it is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests.site.pages import ROOT, html_pages
+
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # The machine's network is closed: keep Chromium from dialling out on its own.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+# Console errors we accept, each with the reason. Keep this empty unless a cause cannot
+# be fixed in the book itself.
+ALLOWED_CONSOLE_ERRORS: dict[str, str] = {}
+
+
+def chromium_path() -> str | None:
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = chromium_path()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI=true but no chromium found: .ci/run must install Debian's chromium")
+        pytest.skip("browser check skipped: no chromium on PATH (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+MATH_STATE_JS = """
+async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise;
+  }
+  const math = Array.from(document.querySelectorAll('.math'));
+  return {
+    mathjax: !!(window.MathJax && MathJax.version),
+    total: math.length,
+    unrendered: math.filter(e => !e.querySelector('mjx-container')
+                                 && !e.matches('mjx-container')).length,
+    errors: document.querySelectorAll('mjx-merror').length,
+  };
+}
+"""
+
+IMAGES_JS = """
+() => Array.from(document.images)
+        .filter(img => !(img.complete && img.naturalWidth > 0))
+        .map(img => img.getAttribute('src'))
+"""
+
+LINKS_JS = "() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
+
+
+def _anchor_exists(html_file: Path, fragment: str) -> bool:
+    text = html_file.read_text(encoding="utf-8")
+    fragment = urllib.parse.unquote(fragment)
+    return re.search(rf'\b(id|name)="{re.escape(fragment)}"', text) is not None
+
+
+@pytest.mark.parametrize("page", html_pages())
+def test_page_in_browser(page, browser, site_url, html_dir):
+    problems: list[str] = []
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+
+    def on_console(msg):
+        if msg.type == "error" and not any(k in msg.text for k in ALLOWED_CONSOLE_ERRORS):
+            problems.append(f"console error: {msg.text}")
+
+    def on_request_failed(request):
+        problems.append(f"request failed: {request.url} ({request.failure})")
+
+    def on_response(response):
+        if response.status >= 400:
+            problems.append(f"HTTP {response.status}: {response.url}")
+
+    tab.on("console", on_console)
+    tab.on("pageerror", lambda exc: problems.append(f"uncaught exception: {exc}"))
+    tab.on("requestfailed", on_request_failed)
+    tab.on("response", on_response)
+
+    tab.goto(f"{site_url}/{page}", wait_until="networkidle")
+    math = tab.evaluate(MATH_STATE_JS)
+    tab.wait_for_load_state("networkidle")
+
+    if math["total"]:
+        assert math["mathjax"], f"{page}: page has math but MathJax did not load"
+    if math["unrendered"]:
+        problems.append(f"{math['unrendered']} of {math['total']} math elements not rendered")
+    if math["errors"]:
+        problems.append(f"{math['errors']} MathJax errors")
+
+    for src in tab.evaluate(IMAGES_JS):
+        problems.append(f"broken image: {src}")
+
+    for href in sorted(set(tab.evaluate(LINKS_JS))):
+        if not href.startswith(site_url):
+            continue  # external links are not fetched: the site must work offline
+        url = urllib.parse.urlsplit(href)
+        target = html_dir / urllib.parse.unquote(url.path).lstrip("/")
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_file():
+            problems.append(f"broken link: {href}")
+        elif url.fragment and target.suffix == ".html" and not _anchor_exists(target, url.fragment):
+            problems.append(f"broken anchor: {href}")
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / (page.removesuffix(".html").replace("/", "__") + ".png")
+    tab.screenshot(path=str(shot), full_page=True)
+    context.close()
+
+    assert not problems, f"{page}:\n  " + "\n  ".join(problems)

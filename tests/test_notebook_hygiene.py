@@ -1,0 +1,133 @@
+"""Notebook hygiene: nbval can only verify what is stored executed and stable.
+
+nbval silently skips cells whose stored execution_count is null, so an unexecuted
+notebook would pass vacuously; these checks make that impossible, and keep out outputs
+that would differ between runs (addresses, temp paths, timings) or that hide problems
+(errors, warnings on stderr, progress bars).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tests.notebooks import ROOT, code_cells, load, notebook_paths, source
+
+NOTEBOOKS = notebook_paths()
+IDS = [p.name for p in NOTEBOOKS]
+TIMING_MARK = "# NBVAL_IGNORE_OUTPUT"
+SKIP_MARK = "# NBVAL_SKIP"
+VOLATILE = {
+    "memory address": re.compile(r"0x[0-9a-fA-F]{6,}"),
+    "temporary path": re.compile(r"/tmp/|/var/folders/|\\AppData\\Local\\Temp"),
+    "bare NumPy scalar repr": re.compile(r"np\.(float|int)\d+\("),
+    "progress bar": re.compile(r"\d+%\|[#█▏▎▍▌▋▊▉ ]*\|"),
+    "figure repr (end the plot cell with ;)": re.compile(r"<(Figure|matplotlib\.)[^>]*>"),
+}
+TIMING_CODE = re.compile(r"\b(timeit|perf_counter|time\.time|process_time)\b")
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+
+
+def _text_outputs(cell: dict) -> list[str]:
+    texts = []
+    for out in cell.get("outputs", []):
+        if out["output_type"] == "stream":
+            texts.append("".join(out["text"]))
+        elif "data" in out:
+            plain = out["data"].get("text/plain", "")
+            texts.append(plain if isinstance(plain, str) else "".join(plain))
+    return texts
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_code_cell_executed_in_order(path):
+    counts = [c["execution_count"] for c in code_cells(load(path))]
+    assert counts, f"{path.name} has no code cells"
+    assert None not in counts, f"{path.name}: unexecuted cells (run `make notebooks`)"
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: counts {counts} not 1..n"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_errors_or_stderr(path):
+    for i, cell in enumerate(code_cells(load(path)), start=1):
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"{path.name} cell {i}: stored error output"
+            if out["output_type"] == "stream":
+                assert out["name"] != "stderr", (
+                    f"{path.name} cell {i}: stderr output (warning or progress bar): "
+                    f"{''.join(out['text'])[:200]!r}"
+                )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_volatile_text(path):
+    for i, cell in enumerate(code_cells(load(path)), start=1):
+        if source(cell).startswith(TIMING_MARK):
+            continue
+        for text in _text_outputs(cell):
+            for what, pattern in VOLATILE.items():
+                assert not pattern.search(text), f"{path.name} cell {i}: {what} in output"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_ignore_output_only_on_timing_cells(path):
+    for i, cell in enumerate(code_cells(load(path)), start=1):
+        src = source(cell)
+        if TIMING_MARK in src:
+            assert src.startswith(TIMING_MARK), f"{path.name} cell {i}: mark must be line 1"
+            assert TIMING_CODE.search(src), f"{path.name} cell {i}: ignores output but times nothing"
+        elif TIMING_CODE.search(src):
+            pytest.fail(f"{path.name} cell {i}: times code without {TIMING_MARK}")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_skip_only_on_the_colab_install_cell(path):
+    cells = code_cells(load(path))
+    first = source(cells[0])
+    assert first.startswith(SKIP_MARK) and "google.colab" in first, (
+        f"{path.name}: the first code cell must be the Colab-only install cell"
+    )
+    for i, cell in enumerate(cells[1:], start=2):
+        assert SKIP_MARK not in source(cell), f"{path.name} cell {i}: NBVAL_SKIP hides a check"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_colab_install_url_matches_config(path):
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    url = config["repository"]["url"]
+    first = source(code_cells(load(path))[0])
+    urls = re.findall(r"git\+(https://[^\s\"'@]+)", first)
+    assert urls == [url], f"{path.name}: Colab installs from {urls}, _config.yml says {url}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_setup_called_early(path):
+    second = source(code_cells(load(path))[1])
+    assert "refimpl.setup(" in second, f"{path.name}: cell 2 must call refimpl.setup()"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_one_title_and_python3_kernel(path):
+    nb = load(path)
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    first_md = next(c for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert source(first_md).startswith("# "), f"{path.name}: first markdown cell must be the H1"
+    h1 = [
+        line
+        for c in nb["cells"]
+        if c["cell_type"] == "markdown"
+        for line in source(c).splitlines()
+        if line.startswith("# ")
+    ]
+    assert len(h1) == 1, f"{path.name}: {len(h1)} H1 titles"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_is_listed_in_toc(path):
+    toc = (ROOT / "_toc.yml").read_text()
+    assert f"notebooks/{path.stem}" in toc, f"{path.name} is not in _toc.yml"
