@@ -51,11 +51,13 @@ def max_relative_error(ours, ref) -> float:
     return float(diff / scale) if scale > 0 else float(diff)
 
 
-def check(name: str, ours, ref, *, tol: float = 1e-12, atol: float = 0.0) -> float:
+def check(name: str, ours, ref, *, tol: float = 1e-12, atol: float = 0.0) -> None:
     """Compare `ours` with the reference `ref`; print one line; raise beyond tolerance.
 
     Passes when max|ours - ref| <= atol + tol * max|ref| (NaN and inf must match exactly).
-    Returns the relative error so callers can tabulate it.
+    Returns nothing, so a notebook cell ending in a check shows only the printed line
+    (an unrounded error would differ between machines); use `max_relative_error` to
+    tabulate errors.
     """
     a, b = to_numpy(ours), to_numpy(ref)
     err = max_relative_error(a, b)
@@ -64,7 +66,7 @@ def check(name: str, ours, ref, *, tol: float = 1e-12, atol: float = 0.0) -> flo
     ok = math.isfinite(err) and abs_err <= atol + tol * scale
     bound = f"tol {tol:.0e}" + (f" + atol {atol:.1e}" if atol else "")
     mark = "ok  " if ok else "FAIL"
-    print(f"{mark} {name}: rel err <= {power_of_ten_ceiling(err)} ({bound}), shape {tuple(a.shape)}")
+    shown = power_of_ten_ceiling(err)
+    print(f"{mark} {name}: rel err <= {shown} ({bound}), shape {tuple(a.shape)}")
     if not ok:
         raise ToleranceExceeded(f"{name}: relative error {err:.3e} exceeds {bound}")
-    return err

@@ -30,6 +30,6 @@ def toc_files() -> list[str]:
 
 
 def html_pages() -> list[str]:
-    """Paths (relative to _build/html) of every HTML page: the toc pages, index, search, genindex."""
+    """Paths, relative to _build/html, of the toc pages and of index, search and genindex."""
     pages = [f"{f}.html" for f in toc_files()]
     return pages + ["index.html", "search.html", "genindex.html"]

@@ -37,7 +37,8 @@ ALLOWED_CONSOLE_ERRORS: dict[str, str] = {}
 
 
 def chromium_path() -> str | None:
-    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    env = os.environ.get("CHROMIUM")
+    return env or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
