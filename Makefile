@@ -10,7 +10,7 @@ PORT   ?= 8000
 # Two workers: the machine CI runs on has 2 cores.
 XDIST  := -n 2
 
-.PHONY: help install book test lint unit nbval site-check browser notebooks serve lock clean
+.PHONY: help install book test lint unit nbval site-check notebooks serve lock clean
 
 help:
 	@echo "make book       build the site into _build/html"
@@ -42,7 +42,7 @@ unit: $(STAMP)
 # nbval re-executes every notebook and compares it with its stored outputs.
 # --dist loadfile keeps each notebook's cells on one worker (one kernel per notebook).
 nbval: $(STAMP)
-	$(BIN)/python -m pytest $(XDIST) --dist loadfile -q -p no:randomly --nbval --nbval-current-env \
+	$(BIN)/python -m pytest $(XDIST) --dist loadfile -q --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120 $(NOTEBOOKS)
 
 site-check: $(STAMP)
