@@ -39,3 +39,20 @@ def setup(seed: int = 0, threads: int = 1) -> None:
     except ImportError:  # plotting is optional for refimpl's own users
         return
     mpl.rcParams.update(PLOT_STYLE)
+
+
+def show(fig) -> None:
+    """Display a matplotlib figure as a PNG only, then close it.
+
+    The inline backend stores a "<Figure size ...>" text stand-in next to every image;
+    displaying the PNG bytes ourselves keeps the stored outputs to the picture alone.
+    """
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    display(Image(buffer.getvalue()))
