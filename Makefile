@@ -46,7 +46,7 @@ nbval: $(STAMP)
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120 $(NOTEBOOKS)
 
 site-check: $(STAMP)
-	$(BIN)/python -m pytest -q tests/site
+	$(BIN)/python -m pytest $(XDIST) -q tests/site
 
 test: lint unit nbval book site-check
 

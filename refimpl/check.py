@@ -37,7 +37,7 @@ def power_of_ten_ceiling(x: float) -> str:
 
 
 def max_relative_error(ours, ref) -> float:
-    """max |ours - ref| / max |ref|: a norm-wise relative error, well defined when ref has zeros."""
+    """``max|ours - ref| / max|ref|``: a norm-wise relative error, defined when ref has zeros."""
     a, b = to_numpy(ours), to_numpy(ref)
     if a.shape != b.shape:
         raise ToleranceExceeded(f"shape mismatch: {a.shape} vs {b.shape}")
@@ -54,7 +54,7 @@ def max_relative_error(ours, ref) -> float:
 def check(name: str, ours, ref, *, tol: float = 1e-12, atol: float = 0.0) -> None:
     """Compare `ours` with the reference `ref`; print one line; raise beyond tolerance.
 
-    Passes when max|ours - ref| <= atol + tol * max|ref| (NaN and inf must match exactly).
+    Passes when ``max|ours - ref| <= atol + tol * max|ref|`` (NaN and inf must match exactly).
     Returns nothing, so a notebook cell ending in a check shows only the printed line
     (an unrounded error would differ between machines); use `max_relative_error` to
     tabulate errors.
