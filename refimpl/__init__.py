@@ -1,0 +1,14 @@
+"""refimpl: a small, readable reference implementation of normalization layers.
+
+One array-API core (statistics over reduction axes, then normalize and apply the affine
+over parameter axes) runs on NumPy float64 arrays and on torch tensors. `refimpl.functional`
+and `refimpl.nn` mirror `torch.nn.functional` and `torch.nn`, and never call torch's
+normalization kernels, so comparing the two is a real test.
+"""
+
+from refimpl import backward, core, functional, nn
+from refimpl.check import check
+from refimpl.notebook import setup
+
+__all__ = ["backward", "check", "core", "functional", "nn", "setup"]
+__version__ = "0.1.0"

@@ -1,0 +1,442 @@
+"""``torch.nn``-compatible normalization modules built on :mod:`refimpl.functional`.
+
+Same constructor arguments, parameters, buffers, ``state_dict`` keys and ``extra_repr``
+as torch, so ``load_state_dict`` works in both directions and :func:`swap_norms` can
+replace the norms of a trained torch model by these. The module only keeps the books
+(running buffers, how much a new batch counts); the math is in the functional core.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import torch
+from torch import Tensor
+from torch.nn import Module, Parameter, init
+
+from refimpl import functional
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "GroupNorm",
+    "RMSNorm",
+    "swap_norms",
+]
+
+
+class _NormBase(Module):
+    """Parameters and running buffers shared by batch and instance norm (torch's layout)."""
+
+    _version = 2  # torch's state_dict version for these modules (adds num_batches_tracked)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        if affine:
+            self.weight = Parameter(torch.empty(num_features, **factory))
+            self.bias = Parameter(torch.empty(num_features, **factory)) if bias else None
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, bias={self.bias is not None}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        # Checkpoints older than version 2 have no num_batches_tracked: start it at 0.
+        key = prefix + "num_batches_tracked"
+        version = local_metadata.get("version", None)
+        if (version is None or version < 2) and self.track_running_stats:
+            state_dict.setdefault(key, torch.tensor(0, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+class _BatchNorm(_NormBase):
+    expected_dims: tuple[int, ...] = ()
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in self.expected_dims:
+            wanted = " or ".join(f"{d}D" for d in self.expected_dims)
+            raise ValueError(f"expected {wanted} input (got {input.dim()}D input)")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        # How much this batch counts in the running averages (torch's _BatchNorm.forward):
+        # momentum, or 1 / batches-seen (a cumulative average) when momentum is None.
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        # Batch statistics in training, and in eval when there are no running ones.
+        use_batch_stats = self.training or self.running_mean is None
+        # Buffers are passed when they are to be updated or used.
+        pass_buffers = not self.training or self.track_running_stats
+        return functional.batch_norm(
+            input,
+            self.running_mean if pass_buffers else None,
+            self.running_var if pass_buffers else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) or (N, C, L): one mean and variance per channel."""
+
+    expected_dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W): one mean and variance per channel."""
+
+    expected_dims = (4,)
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch norm over (N, C, D, H, W): one mean and variance per channel."""
+
+    expected_dims = (5,)
+
+
+# --------------------------------------------------------------------------- instance norm
+
+
+class _InstanceNorm(_NormBase):
+    spatial_dims = 0
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        unbatched = self.spatial_dims + 1
+        if input.dim() not in (unbatched, unbatched + 1):
+            raise ValueError(
+                f"expected {unbatched}D or {unbatched + 1}D input (got {input.dim()}D input)"
+            )
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        unbatched = input.dim() == self.spatial_dims + 1
+        feature_dim = 0 if unbatched else 1
+        if input.size(feature_dim) != self.num_features:
+            if self.affine:
+                raise ValueError(
+                    f"expected input's size at dim={feature_dim} to match num_features"
+                    f" ({self.num_features}), but got: {input.size(feature_dim)}."
+                )
+            warnings.warn(
+                f"input's size at dim={feature_dim} does not match num_features. "
+                "You can silence this warning by not passing in num_features, "
+                "which is not used because affine=False",
+                stacklevel=2,
+            )
+        batched = input.unsqueeze(0) if unbatched else input
+        # Unlike batch norm: no num_batches_tracked update, and momentum None means 0.
+        output = functional.instance_norm(
+            batched,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            self.momentum if self.momentum is not None else 0.0,
+            self.eps,
+        )
+        return output.squeeze(0) if unbatched else output
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance norm over (N, C, L) or (C, L): one statistic per sample and channel."""
+
+    spatial_dims = 1
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance norm over (N, C, H, W) or (C, H, W): one statistic per sample and channel."""
+
+    spatial_dims = 2
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance norm over (N, C, D, H, W) or (C, D, H, W)."""
+
+    spatial_dims = 3
+
+
+# --------------------------------------------------------------------------- layer-wise
+
+
+def _as_shape(normalized_shape) -> tuple[int, ...]:
+    if isinstance(normalized_shape, numbers.Integral):
+        return (int(normalized_shape),)
+    return tuple(normalized_shape)
+
+
+class LayerNorm(Module):
+    """Layer norm over the trailing ``normalized_shape`` dims of each sample."""
+
+    def __init__(
+        self,
+        normalized_shape,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.normalized_shape = _as_shape(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(torch.empty(self.normalized_shape, **factory))
+            self.bias = Parameter(torch.empty(self.normalized_shape, **factory)) if bias else None
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.elementwise_affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return functional.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, "
+            f"elementwise_affine={self.elementwise_affine}, bias={self.bias is not None}"
+        )
+
+
+class RMSNorm(Module):
+    """RMS norm: divide by the root mean square over the trailing dims, then scale."""
+
+    def __init__(
+        self,
+        normalized_shape,
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = _as_shape(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.elementwise_affine:
+            init.ones_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return functional.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
+
+
+class GroupNorm(Module):
+    """Group norm: each sample's channels split into groups, one statistic per group."""
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_channels % num_groups != 0:
+            raise ValueError(
+                f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})"
+            )
+        factory = {"device": device, "dtype": dtype}
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        if affine:
+            self.weight = Parameter(torch.empty(num_channels, **factory))
+            self.bias = Parameter(torch.empty(num_channels, **factory)) if bias else None
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.affine:
+            init.ones_(self.weight)
+            if self.bias is not None:
+                init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return functional.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+# --------------------------------------------------------------------------- swapping
+
+
+def _twins() -> dict[type, type]:
+    """torch.nn norm class -> its refimpl twin (types only: nothing of torch's is run)."""
+    tnn = torch.nn
+    return {
+        tnn.BatchNorm1d: BatchNorm1d,
+        tnn.BatchNorm2d: BatchNorm2d,
+        tnn.BatchNorm3d: BatchNorm3d,
+        tnn.InstanceNorm1d: InstanceNorm1d,
+        tnn.InstanceNorm2d: InstanceNorm2d,
+        tnn.InstanceNorm3d: InstanceNorm3d,
+        tnn.LayerNorm: LayerNorm,
+        tnn.GroupNorm: GroupNorm,
+        tnn.RMSNorm: RMSNorm,
+    }
+
+
+def _twin_of(module: Module) -> Module:
+    cls = _twins()[type(module)]
+    floating = [t for t in module.state_dict().values() if t.is_floating_point()]
+    factory = {"device": floating[0].device} if floating else {}
+    dtype = floating[0].dtype if floating else None
+    if isinstance(module, torch.nn.modules.batchnorm._NormBase):
+        twin = cls(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            dtype=dtype,
+            bias=module.bias is not None,
+            **factory,
+        )
+    elif isinstance(module, torch.nn.LayerNorm):
+        twin = cls(
+            module.normalized_shape,
+            module.eps,
+            module.elementwise_affine,
+            module.bias is not None,
+            dtype=dtype,
+            **factory,
+        )
+    elif isinstance(module, torch.nn.RMSNorm):
+        twin = cls(
+            module.normalized_shape, module.eps, module.elementwise_affine, dtype=dtype, **factory
+        )
+    else:  # GroupNorm
+        twin = cls(
+            module.num_groups,
+            module.num_channels,
+            module.eps,
+            module.affine,
+            dtype=dtype,
+            bias=module.bias is not None,
+            **factory,
+        )
+    twin.load_state_dict(module.state_dict())
+    return twin.train(module.training)
+
+
+def swap_norms(model: Module) -> Module:
+    """Replace, in place, every torch.nn norm layer of ``model`` by its refimpl twin.
+
+    Parameters and buffers are copied through ``state_dict``; training mode is kept.
+    Returns the model (or the twin, if ``model`` itself is a norm layer).
+    """
+    twins = _twins()
+    if type(model) in twins:
+        return _twin_of(model)
+    for name, child in model.named_children():
+        setattr(model, name, swap_norms(child))
+    return model
