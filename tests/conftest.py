@@ -250,3 +250,9 @@ def randomize_(module, rng, dtype) -> None:
 
 def sample_input(rng, shape, dtype, offset, scale):
     return torch.as_tensor(offset + scale * rng.standard_normal(shape), dtype=dtype)
+
+
+def sample_step(rng, shape, dtype, case):
+    """One step's input (with the case's offset and scale) and a random upstream gradient."""
+    x = sample_input(rng, shape, dtype, case["offset"], case["scale"])
+    return x, torch.as_tensor(rng.standard_normal(shape), dtype=dtype)

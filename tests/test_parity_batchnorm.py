@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import refimpl.nn as rnn
 from refimpl import backward, functional
-from tests.conftest import Stats, assert_close, compare_step, randomize_, sample_input
+from tests.conftest import Stats, assert_close, compare_step, randomize_, sample_step
 
 TWINS = {
     "1d": (torch.nn.BatchNorm1d, rnn.BatchNorm1d, 0),
@@ -101,8 +101,7 @@ def test_batch_norm_modules_match_torch(case):
         return grads
 
     for step in range(case["steps"]):
-        x = sample_input(rng, shape, dtype, case["offset"], case["scale"])
-        grad_output = torch.as_tensor(rng.standard_normal(shape), dtype=dtype)
+        x, grad_output = sample_step(rng, shape, dtype, case)
         compare_step(
             f"train step {step}",
             theirs,
@@ -115,8 +114,7 @@ def test_batch_norm_modules_match_torch(case):
 
     theirs.eval()
     ours.eval()
-    x = sample_input(rng, shape, dtype, case["offset"], case["scale"])
-    grad_output = torch.as_tensor(rng.standard_normal(shape), dtype=dtype)
+    x, grad_output = sample_step(rng, shape, dtype, case)
     if case["track"]:
         stats = Stats.running(x, theirs.running_mean, theirs.running_var, eps)
     else:

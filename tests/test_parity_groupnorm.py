@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import refimpl.nn as rnn
 from refimpl import backward, functional
-from tests.conftest import Stats, assert_close, compare_step, randomize_, sample_input
+from tests.conftest import Stats, assert_close, compare_step, randomize_, sample_step
 
 
 @st.composite
@@ -49,8 +49,7 @@ def test_group_norm_modules_match_torch(case):
         return backward.group_norm_backward(grad_output, x, groups, weight, eps)
 
     for step in range(2):
-        x = sample_input(rng, shape, dtype, case["offset"], case["scale"])
-        grad_output = torch.as_tensor(rng.standard_normal(shape), dtype=dtype)
+        x, grad_output = sample_step(rng, shape, dtype, case)
         stats = Stats(x, view, tuple(range(2, len(view))), (1,), eps=eps)
         compare_step(f"step {step}", theirs, ours, x, grad_output, stats, closed_form)
     x = case["offset"] + case["scale"] * rng.standard_normal(shape)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import refimpl.nn as rnn
 from refimpl import backward
-from tests.conftest import Stats, compare_step, randomize_, sample_input
+from tests.conftest import Stats, compare_step, randomize_, sample_step
 
 TWINS = {
     1: (torch.nn.InstanceNorm1d, rnn.InstanceNorm1d),
@@ -106,8 +106,7 @@ def test_instance_norm_modules_match_torch(case):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no spurious warnings from either side
         for step in range(case["steps"]):
-            x = sample_input(rng, shape, dtype, case["offset"], case["scale"])
-            grad_output = torch.as_tensor(rng.standard_normal(shape), dtype=dtype)
+            x, grad_output = sample_step(rng, shape, dtype, case)
             compare_step(
                 f"train step {step}",
                 theirs,
@@ -119,8 +118,7 @@ def test_instance_norm_modules_match_torch(case):
             )
         theirs.eval()
         ours.eval()
-        x = sample_input(rng, shape, dtype, case["offset"], case["scale"])
-        grad_output = torch.as_tensor(rng.standard_normal(shape), dtype=dtype)
+        x, grad_output = sample_step(rng, shape, dtype, case)
         use_batch = not case["track"]
         compare_step(
             "eval",

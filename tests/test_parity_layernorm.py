@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import refimpl.nn as rnn
 from refimpl import backward, functional
-from tests.conftest import Stats, assert_close, compare_step, randomize_, sample_input
+from tests.conftest import Stats, assert_close, compare_step, randomize_, sample_step
 
 
 @st.composite
@@ -55,8 +55,7 @@ def test_layer_norm_modules_match_torch(case):
         return backward.layer_norm_backward(grad_output, x, normalized, weight, eps)
 
     for step in range(2):
-        x = sample_input(rng, shape, dtype, case["offset"], case["scale"])
-        grad_output = torch.as_tensor(rng.standard_normal(shape), dtype=dtype)
+        x, grad_output = sample_step(rng, shape, dtype, case)
         compare_step(
             f"step {step}",
             theirs,
@@ -92,8 +91,7 @@ def test_rms_norm_modules_match_torch(case):
         return gi, gw, None
 
     for step in range(2):
-        x = sample_input(rng, shape, dtype, case["offset"], case["scale"])
-        grad_output = torch.as_tensor(rng.standard_normal(shape), dtype=dtype)
+        x, grad_output = sample_step(rng, shape, dtype, case)
         stats = Stats(x, shape, trailing, trailing, centered=False, eps=eps_value)
         compare_step(f"step {step}", theirs, ours, x, grad_output, stats, closed_form)
     x = case["offset"] + case["scale"] * rng.standard_normal(shape)
