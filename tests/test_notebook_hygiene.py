@@ -138,3 +138,28 @@ def test_one_title_and_python3_kernel(path):
 def test_notebook_is_listed_in_toc(path):
     toc = (ROOT / "_toc.yml").read_text()
     assert f"notebooks/{path.stem}" in toc, f"{path.name} is not in _toc.yml"
+
+
+def _markdown(nb: dict) -> str:
+    return "\n".join(source(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_exercises_have_hidden_solutions(path):
+    text = _markdown(load(path))
+    labels = re.findall(r"`{3,}\{exercise\}\s*\n:label: (\S+)", text)
+    assert labels, f"{path.name}: no exercises"
+    for label in labels:
+        opening = rf"`{{3,}}\{{solution\}} {re.escape(label)}\s*\n:class: dropdown"
+        solution = re.search(opening, text)
+        assert solution, f"{path.name}: exercise {label} has no hidden (dropdown) solution"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_ends_with_references(path):
+    text = _markdown(load(path))
+    assert "\n## References" in text or text.startswith("## References"), (
+        f"{path.name}: no References section"
+    )
+    references = text.split("## References", 1)[1]
+    assert "{cite}" in references, f"{path.name}: References section cites nothing"
