@@ -42,6 +42,18 @@ def _numel(array) -> int:
     return math.prod(array.shape)
 
 
+def _check_per_channel(arrays: dict, channels: int, shown_per_channel: int = 1) -> None:
+    """Each given per-channel array must hold one value per channel, with torch's message.
+
+    Instance norm's message counts ``shown_per_channel`` (= N) times the values, as torch's
+    does: it runs as batch norm over N * C channels.
+    """
+    for name, array in arrays.items():
+        if array is not None and _numel(array) != channels:
+            expected, got = shown_per_channel * channels, shown_per_channel * _numel(array)
+            raise RuntimeError(f"{name} should contain {expected} elements not {got}")
+
+
 def _check_normalized_shape(input, normalized_shape, weight, bias, star: str) -> tuple:
     if isinstance(normalized_shape, numbers.Integral):
         # torch.nn.functional takes a sequence here (the modules accept an int).
@@ -145,14 +157,10 @@ def batch_norm(
     if not training and running_mean is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
     channels = shape[1] if len(shape) > 1 else 0
-    for name, param in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        if param is not None and _numel(param) != channels:
-            raise RuntimeError(f"{name} should contain {channels} elements not {_numel(param)}")
+    _check_per_channel(
+        {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias},
+        channels,
+    )
 
     xp = array_namespace(input)
     axes = core.batch_axes(shape)
@@ -197,14 +205,11 @@ def instance_norm(
         _verify_spatial_size(_size_obj(input))
     n, c = shape[0], shape[1]
     # torch runs instance norm as batch norm on a (1, N*C, ...) view, so it counts N*C.
-    for name, param in (
-        ("weight", weight),
-        ("bias", bias),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-    ):
-        if param is not None and _numel(param) != c:
-            raise RuntimeError(f"{name} should contain {n * c} elements not {n * _numel(param)}")
+    _check_per_channel(
+        {"weight": weight, "bias": bias, "running_mean": running_mean, "running_var": running_var},
+        c,
+        shown_per_channel=n,
+    )
     if not use_input_stats and (running_mean is None or running_var is None):
         raise RuntimeError(
             "Expected running_mean and running_var to be defined when use_input_stats is false"
