@@ -256,3 +256,16 @@ def sample_step(rng, shape, dtype, case):
     """One step's input (with the case's offset and scale) and a random upstream gradient."""
     x = sample_input(rng, shape, dtype, case["offset"], case["scale"])
     return x, torch.as_tensor(rng.standard_normal(shape), dtype=dtype)
+
+
+def assert_numpy_matches_torch(rng, shape, case, ours_fn, theirs_fn, *args, **kwargs):
+    """Ours on a float64 NumPy array returns NumPy and matches torch's function on a tensor.
+
+    The two functions share one signature, so the same ``args``/``kwargs`` go to both.
+    """
+    x = case["offset"] + case["scale"] * rng.standard_normal(shape)
+    ours = ours_fn(x, *args, **kwargs)
+    theirs = theirs_fn(torch.tensor(x), *args, **kwargs)
+    assert isinstance(ours, np.ndarray)
+    assert_close("numpy", ours, theirs, 1e-12 * (np.abs(theirs.numpy()).max() + 1))
+

@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 import refimpl.nn as rnn
 from refimpl import backward, functional
-from tests.conftest import Stats, assert_close, compare_step, randomize_, sample_step
+from tests.conftest import (
+    Stats,
+    assert_numpy_matches_torch,
+    compare_step,
+    randomize_,
+    sample_step,
+)
 
 
 @st.composite
@@ -52,8 +58,6 @@ def test_group_norm_modules_match_torch(case):
         x, grad_output = sample_step(rng, shape, dtype, case)
         stats = Stats(x, view, tuple(range(2, len(view))), (1,), eps=eps)
         compare_step(f"step {step}", theirs, ours, x, grad_output, stats, closed_form)
-    x = case["offset"] + case["scale"] * rng.standard_normal(shape)
-    ours_np = functional.group_norm(x, groups, eps=eps)
-    theirs_np = torch.nn.functional.group_norm(torch.tensor(x), groups, eps=eps)
-    assert isinstance(ours_np, np.ndarray)
-    assert_close("numpy", ours_np, theirs_np, 1e-12 * (np.abs(theirs_np.numpy()).max() + 1))
+    assert_numpy_matches_torch(
+        rng, shape, case, functional.group_norm, torch.nn.functional.group_norm, groups, eps=eps
+    )

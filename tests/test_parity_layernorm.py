@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 import refimpl.nn as rnn
 from refimpl import backward, functional
-from tests.conftest import Stats, assert_close, compare_step, randomize_, sample_step
+from tests.conftest import (
+    Stats,
+    assert_numpy_matches_torch,
+    compare_step,
+    randomize_,
+    sample_step,
+)
 
 
 @st.composite
@@ -66,11 +72,9 @@ def test_layer_norm_modules_match_torch(case):
             closed_form,
         )
     # the NumPy reference path of the same function
-    x = case["offset"] + case["scale"] * rng.standard_normal(shape)
-    ours_np = functional.layer_norm(x, normalized, eps=eps)
-    theirs_np = torch.nn.functional.layer_norm(torch.tensor(x), normalized, eps=eps)
-    assert isinstance(ours_np, np.ndarray)
-    assert_close("numpy", ours_np, theirs_np, 1e-12 * (np.abs(theirs_np.numpy()).max() + 1))
+    assert_numpy_matches_torch(
+        rng, shape, case, functional.layer_norm, torch.nn.functional.layer_norm, normalized, eps=eps
+    )
 
 
 @given(layer_cases())
@@ -94,8 +98,6 @@ def test_rms_norm_modules_match_torch(case):
         x, grad_output = sample_step(rng, shape, dtype, case)
         stats = Stats(x, shape, trailing, trailing, centered=False, eps=eps_value)
         compare_step(f"step {step}", theirs, ours, x, grad_output, stats, closed_form)
-    x = case["offset"] + case["scale"] * rng.standard_normal(shape)
-    ours_np = functional.rms_norm(x, normalized, eps=eps)
-    theirs_np = torch.nn.functional.rms_norm(torch.tensor(x), normalized, eps=eps)
-    assert isinstance(ours_np, np.ndarray)
-    assert_close("numpy", ours_np, theirs_np, 1e-12 * (np.abs(theirs_np.numpy()).max() + 1))
+    assert_numpy_matches_torch(
+        rng, shape, case, functional.rms_norm, torch.nn.functional.rms_norm, normalized, eps=eps
+    )
