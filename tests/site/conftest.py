@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-HTML = ROOT / "_build" / "html"
+from tests.site.pages import HTML
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

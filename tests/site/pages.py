@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.notebooks import ROOT
+
 HTML = ROOT / "_build" / "html"
 
 
