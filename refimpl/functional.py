@@ -174,6 +174,10 @@ def batch_norm(
         if running_mean is not None and count > 0:  # torch leaves them alone for N = 0
             _update_running_(running_mean, _flat(xp, mean), momentum)
             _update_running_(running_var, _flat(xp, _unbiased(var, count)), momentum)
+    elif _numel(input) == 0:
+        # An empty batch needs no statistics; torch returns an empty output even when the
+        # running stats cannot be shaped per channel (a 1-D input has 0 channels).
+        mean = var = xp.zeros(stat_shape, dtype=input.dtype)
     else:
         mean = xp.reshape(running_mean, stat_shape)
         var = xp.reshape(running_var, stat_shape)
