@@ -35,6 +35,7 @@ book: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check refimpl tests notebooks
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 # Unit tests and notebook hygiene; the site tests need a built site and run after `book`.
 unit: $(STAMP)
