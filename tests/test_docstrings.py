@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,9 @@ def test_public_name_has_a_runnable_example(qualname, obj):
     if qualname not in TIMING_ONLY:
         running = [line for line in examples if "doctest: +SKIP" not in line]
         assert running, f"{qualname}: every example line is skipped; show one that runs"
+
+
+@pytest.mark.parametrize("name", module_names())
+def test_every_module_is_on_the_api_page(name):
+    api = (Path(__file__).resolve().parents[1] / "book" / "api.md").read_text(encoding="utf-8")
+    assert f".. automodule:: {name}\n" in api, f"book/api.md does not document {name}"
