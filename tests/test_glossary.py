@@ -11,7 +11,8 @@ from tests.test_claims import BOOK, MD_LINK, anchors_of
 GLOSSARY = BOOK / "glossary.md"
 CJK = re.compile(r"[\u4e00-\u9fff]")
 # A chapter page that is not in this tree yet is named in plain text, followed by
-# `<!-- link: book/chNN_x -->`, until the page exists and the text becomes a link.
+# `<!-- link: book/chNN_x -->`, until the page exists and the text becomes a link
+# (`python tests/resolve_pending_links.py` does that).
 PENDING = re.compile(r"<!-- link: (book/[\w/]+) -->")
 
 
