@@ -35,10 +35,12 @@ book: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check refimpl tests notebooks
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
-# Unit tests and notebook hygiene; the site tests need a built site and run after `book`.
+# Unit tests, notebook hygiene and the docstring examples of refimpl (doctests); the site
+# tests need a built site and run after `book`.
 unit: $(STAMP)
-	$(BIN)/python -m pytest $(XDIST) -q --ignore=tests/site
+	$(BIN)/python -m pytest $(XDIST) -q --ignore=tests/site --doctest-modules refimpl tests
 
 # nbval re-executes every notebook and compares it with its stored outputs, twice: on this
 # CPU's native code path, and on the portable one (no AVX in ATen, MKL's conditional

@@ -76,6 +76,19 @@ def batch_norm_backward(
 
     training=True: through the batch statistics. training=False: the running statistics
     are constants, so dL/dx is just g * w * rstd.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> from refimpl import functional
+    >>> rng = np.random.default_rng(0)
+    >>> x, g = rng.standard_normal((2, 8, 3))  # input and dL/dy, (N, C) = (8, 3)
+    >>> dx, dw, db = batch_norm_backward(g, x)
+    >>> xt = torch.tensor(x, requires_grad=True)  # autograd through refimpl's forward
+    >>> functional.batch_norm(xt, None, None, training=True).backward(torch.tensor(g))
+    >>> bool(np.allclose(dx, xt.grad.numpy())), bool(np.allclose(dx.sum(axis=0), 0))
+    (True, True)
     """
     xp = array_namespace(input)
     shape = tuple(input.shape)
@@ -106,19 +119,61 @@ def batch_norm_backward(
 
 
 def layer_norm_backward(grad_output, input, normalized_shape, weight=None, eps=1e-5):
-    """Gradients of functional.layer_norm."""
+    """Gradients of functional.layer_norm.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> from refimpl import functional
+    >>> rng = np.random.default_rng(0)
+    >>> x, g = rng.standard_normal((2, 4, 6))
+    >>> dx, dw, db = layer_norm_backward(g, x, normalized_shape=(6,))
+    >>> xt = torch.tensor(x, requires_grad=True)
+    >>> functional.layer_norm(xt, (6,)).backward(torch.tensor(g))
+    >>> bool(np.allclose(dx, xt.grad.numpy())), dw.shape
+    (True, (6,))
+    """
     axes = core.layer_axes(tuple(input.shape), len(tuple(normalized_shape)))
     return _centered_backward(grad_output, input, axes, weight, eps)
 
 
 def group_norm_backward(grad_output, input, num_groups, weight=None, eps=1e-5):
-    """Gradients of functional.group_norm."""
+    """Gradients of functional.group_norm.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> from refimpl import functional
+    >>> rng = np.random.default_rng(0)
+    >>> x, g = rng.standard_normal((2, 2, 4, 3))  # (N, C, L) = (2, 4, 3)
+    >>> dx, dw, db = group_norm_backward(g, x, num_groups=2)
+    >>> xt = torch.tensor(x, requires_grad=True)
+    >>> functional.group_norm(xt, 2).backward(torch.tensor(g))
+    >>> bool(np.allclose(dx, xt.grad.numpy()))
+    True
+    """
     axes = core.group_axes(tuple(input.shape), num_groups)
     return _centered_backward(grad_output, input, axes, weight, eps)
 
 
 def instance_norm_backward(grad_output, input, weight=None, eps=1e-5):
-    """Gradients of functional.instance_norm with input statistics: group norm, G = C."""
+    """Gradients of functional.instance_norm with input statistics: group norm, G = C.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> from refimpl import functional
+    >>> rng = np.random.default_rng(0)
+    >>> x, g = rng.standard_normal((2, 2, 3, 5))  # (N, C, L) = (2, 3, 5)
+    >>> dx, dw, db = instance_norm_backward(g, x)
+    >>> xt = torch.tensor(x, requires_grad=True)
+    >>> functional.instance_norm(xt).backward(torch.tensor(g))
+    >>> bool(np.allclose(dx, xt.grad.numpy()))
+    True
+    """
     return group_norm_backward(grad_output, input, input.shape[1], weight, eps)
 
 
@@ -128,6 +183,19 @@ def rms_norm_backward(grad_output, input, normalized_shape, weight=None, eps=Non
     With ``x_hat = x * r`` and ``r = 1 / sqrt(mean(x^2) + eps)``::
 
         dL/dx = r * (g_hat - x_hat * mean(g_hat * x_hat))
+
+    Example:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> from refimpl import functional
+    >>> rng = np.random.default_rng(0)
+    >>> x, g = rng.standard_normal((2, 4, 6))
+    >>> dx, dw = rms_norm_backward(g, x, normalized_shape=(6,))
+    >>> xt = torch.tensor(x, requires_grad=True)
+    >>> functional.rms_norm(xt, (6,)).backward(torch.tensor(g))
+    >>> bool(np.allclose(dx, xt.grad.numpy()))
+    True
     """
     xp = array_namespace(input)
     if eps is None:

@@ -18,11 +18,29 @@ import numpy as np
 
 
 class ToleranceExceeded(AssertionError):
-    """Raised by `check` when two results differ by more than the stated tolerance."""
+    """Raised by `check` when two results differ by more than the stated tolerance.
+
+    Example:
+
+    >>> try:
+    ...     check("off by one", [1.0, 2.0], [1.0, 3.0])
+    ... except ToleranceExceeded:
+    ...     print("raised")
+    FAIL off by one: relative error 3.333e-01, not within 1e-12, shape (2,)
+    raised
+    """
 
 
 def to_numpy(a) -> np.ndarray:
-    """A float64 NumPy copy of a NumPy array, torch tensor (any device, with grad) or scalar."""
+    """A float64 NumPy copy of a NumPy array, torch tensor (any device, with grad) or scalar.
+
+    Example:
+
+    >>> import torch
+    >>> a = to_numpy(torch.ones(2, requires_grad=True))
+    >>> a.dtype.name, a.tolist()
+    ('float64', [1.0, 1.0])
+    """
     if hasattr(a, "detach"):  # a torch tensor; imported lazily so NumPy-only use stays light
         a = a.detach().cpu()
         if a.dtype.is_floating_point:
@@ -32,7 +50,13 @@ def to_numpy(a) -> np.ndarray:
 
 
 def power_of_ten_ceiling(x: float) -> str:
-    """'0' for 0, else the smallest power of ten >= x, written as '1e-15'."""
+    """'0' for 0, else the smallest power of ten >= x, written as '1e-15'.
+
+    Example:
+
+    >>> power_of_ten_ceiling(3e-16), power_of_ten_ceiling(0.02), power_of_ten_ceiling(0.0)
+    ('1e-15', '1e-01', '0')
+    """
     if x == 0:
         return "0"
     if not math.isfinite(x):
@@ -41,7 +65,13 @@ def power_of_ten_ceiling(x: float) -> str:
 
 
 def max_relative_error(ours, ref) -> float:
-    """``max|ours - ref| / max|ref|``: a norm-wise relative error, defined when ref has zeros."""
+    """``max|ours - ref| / max|ref|``: a norm-wise relative error, defined when ref has zeros.
+
+    Example:
+
+    >>> round(max_relative_error([1.0, 2.0], [1.0, 2.5]), 6)  # 0.5 / 2.5
+    0.2
+    """
     a, b = to_numpy(ours), to_numpy(ref)
     if a.shape != b.shape:
         raise ToleranceExceeded(f"shape mismatch: {a.shape} vs {b.shape}")
@@ -63,6 +93,13 @@ def error_bound(x: float, floor: float) -> str:
     moments), with `floor` well above the round-off that differs between CPUs, and keep
     the printed decades well away from the values they bound (nbval's second pass, on
     another code path, proves that they are).
+
+    Example:
+
+    >>> error_bound(3e-7, floor=1e-12)
+    '<= 1e-06'
+    >>> error_bound(2e-16, floor=1e-12)  # all round-off looks alike below the floor
+    '<= 1e-12'
     """
     if not x > floor:  # also catches NaN, shown as the floor would hide it
         if math.isnan(x):
@@ -72,7 +109,15 @@ def error_bound(x: float, floor: float) -> str:
 
 
 def describe_tolerance(tol: float, atol: float = 0.0) -> str:
-    """The bound `check` states: 'within 1e-12' or 'within 1e-06 + 1.0e-07 absolute'."""
+    """The bound `check` states: 'within 1e-12' or 'within 1e-06 + 1.0e-07 absolute'.
+
+    Example:
+
+    >>> describe_tolerance(1e-12)
+    'within 1e-12'
+    >>> describe_tolerance(1e-6, atol=1e-7)
+    'within 1e-06 + 1.0e-07 absolute'
+    """
     bound = f"within {tol:.0e}"
     return bound + (f" + {atol:.1e} absolute" if atol else "")
 
@@ -84,6 +129,12 @@ def check(name: str, ours, ref, *, tol: float = 1e-12, atol: float = 0.0) -> Non
     and prints ``ok   NAME: agree within TOL, shape S``: the tolerance met, never the
     observed round-off, which differs between CPUs. Returns nothing, so a cell ending in a
     check shows only that line; use `max_relative_error` for the number itself.
+
+    Example:
+
+    >>> import numpy as np
+    >>> check("sum", np.array([0.1 + 0.2]), np.array([0.3]))
+    ok   sum: agree within 1e-12, shape (1,)
     """
     a, b = to_numpy(ours), to_numpy(ref)
     err = max_relative_error(a, b)

@@ -142,6 +142,17 @@ def batch_norm(
 
     training=True: batch statistics (biased variance); if running buffers are given they
     are updated in place with the unbiased variance. training=False: running statistics.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])  # (N, C) = (2, 2)
+    >>> running_mean, running_var = np.zeros(2), np.ones(2)
+    >>> y = batch_norm(x, running_mean, running_var, training=True, momentum=0.1, eps=1e-5)
+    >>> y.round(3).tolist()
+    [[-1.0, -1.0], [1.0, 1.0]]
+    >>> running_mean.round(6).tolist(), running_var.round(6).tolist()  # unbiased variance
+    ([0.2, 2.0], [1.1, 20.9])
     """
     shape = tuple(input.shape)
     if training:
@@ -203,6 +214,13 @@ def instance_norm(
     With running buffers and use_input_stats, they move towards the batch *average* of the
     per-instance statistics (unbiased variance), as torch does; use_input_stats=False
     normalizes with the running statistics instead.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([[[1.0, 3.0], [10.0, 30.0]]])  # (N, C, L) = (1, 2, 2)
+    >>> instance_norm(x).round(3).tolist()
+    [[[-1.0, 1.0], [-1.0, 1.0]]]
     """
     shape = tuple(input.shape)
     if use_input_stats:
@@ -249,7 +267,15 @@ def _update_running_from_instances_(xp, running, per_instance, momentum) -> None
 
 @_float32_for_half
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
-    """Normalize each sample over its trailing ``normalized_shape`` dims."""
+    """Normalize each sample over its trailing ``normalized_shape`` dims.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([[1.0, 3.0], [2.0, 6.0]])
+    >>> layer_norm(x, normalized_shape=(2,)).round(3).tolist()
+    [[-1.0, 1.0], [-1.0, 1.0]]
+    """
     normalized_shape = _check_normalized_shape(input, normalized_shape, weight, bias, ", ")
     axes = core.layer_axes(tuple(input.shape), len(normalized_shape))
     mean, var = core.moments(input, axes.reduce)
@@ -262,6 +288,12 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 
     eps=None means the machine epsilon of the dtype computed in: the input's, or float32
     for float16 / bfloat16 inputs (torch.finfo(torch.float32).eps), as in torch.
+
+    Example:
+
+    >>> import numpy as np
+    >>> rms_norm(np.array([[3.0, 4.0]]), normalized_shape=(2,)).round(4).tolist()
+    [[0.8485, 1.1314]]
     """
     normalized_shape = _check_normalized_shape(input, normalized_shape, weight, None, "")
     xp = array_namespace(input)
@@ -277,7 +309,15 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
 
 @_float32_for_half
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
-    """Normalize each sample over groups of ``C // num_groups`` channels and all positions."""
+    """Normalize each sample over groups of ``C // num_groups`` channels and all positions.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([[1.0, 3.0, 10.0, 30.0]])  # (N, C) = (1, 4): groups {0, 1} and {2, 3}
+    >>> group_norm(x, num_groups=2).round(3).tolist()
+    [[-1.0, 1.0, -1.0, 1.0]]
+    """
     shape = tuple(input.shape)
     if len(shape) < 2:
         raise RuntimeError(

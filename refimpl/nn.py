@@ -147,19 +147,52 @@ class _BatchNorm(_NormBase):
 
 
 class BatchNorm1d(_BatchNorm):
-    """Batch norm over (N, C) or (N, C, L): one mean and variance per channel."""
+    """Batch norm over (N, C) or (N, C, L): one mean and variance per channel.
+
+    Example:
+
+    >>> import torch
+    >>> bn = BatchNorm1d(3)
+    >>> y = bn(torch.arange(24.0).reshape(8, 3))
+    >>> bool(y.mean(dim=0).abs().max() < 1e-6), bn.num_batches_tracked.item()
+    (True, 1)
+    >>> sorted(bn.state_dict())
+    ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
+    >>> bn.load_state_dict(torch.nn.BatchNorm1d(3).state_dict())  # torch's state loads as is
+    <All keys matched successfully>
+    """
 
     expected_dims = (2, 3)
 
 
 class BatchNorm2d(_BatchNorm):
-    """Batch norm over (N, C, H, W): one mean and variance per channel."""
+    """Batch norm over (N, C, H, W): one mean and variance per channel.
+
+    Example:
+
+    >>> import torch
+    >>> bn = BatchNorm2d(3)
+    >>> bn
+    BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
+    >>> y = bn(torch.arange(96.0).reshape(2, 3, 4, 4))
+    >>> bool(y.mean(dim=(0, 2, 3)).abs().max() < 1e-6)  # each channel: mean 0
+    True
+    """
 
     expected_dims = (4,)
 
 
 class BatchNorm3d(_BatchNorm):
-    """Batch norm over (N, C, D, H, W): one mean and variance per channel."""
+    """Batch norm over (N, C, D, H, W): one mean and variance per channel.
+
+    Example:
+
+    >>> import torch
+    >>> bn = BatchNorm3d(3).eval()  # evaluation: the running statistics (0 and 1 at first)
+    >>> x = torch.arange(48.0).reshape(2, 3, 2, 2, 2)
+    >>> bool(torch.allclose(bn(x), x / (1 + 1e-5) ** 0.5))
+    True
+    """
 
     expected_dims = (5,)
 
@@ -225,19 +258,46 @@ class _InstanceNorm(_NormBase):
 
 
 class InstanceNorm1d(_InstanceNorm):
-    """Instance norm over (N, C, L) or (C, L): one statistic per sample and channel."""
+    """Instance norm over (N, C, L) or (C, L): one statistic per sample and channel.
+
+    Example:
+
+    >>> import torch
+    >>> norm = InstanceNorm1d(3)
+    >>> norm
+    InstanceNorm1d(3, eps=1e-05, momentum=0.1, affine=False, bias=False, track_running_stats=False)
+    >>> y = norm(torch.arange(30.0).reshape(2, 3, 5))
+    >>> bool(y.mean(dim=2).abs().max() < 1e-6)  # each (sample, channel): mean 0
+    True
+    """
 
     spatial_dims = 1
 
 
 class InstanceNorm2d(_InstanceNorm):
-    """Instance norm over (N, C, H, W) or (C, H, W): one statistic per sample and channel."""
+    """Instance norm over (N, C, H, W) or (C, H, W): one statistic per sample and channel.
+
+    Example:
+
+    >>> import torch
+    >>> x = torch.arange(48.0).reshape(3, 4, 4)  # unbatched (C, H, W) works too
+    >>> tuple(InstanceNorm2d(3)(x).shape)
+    (3, 4, 4)
+    """
 
     spatial_dims = 2
 
 
 class InstanceNorm3d(_InstanceNorm):
-    """Instance norm over (N, C, D, H, W) or (C, D, H, W)."""
+    """Instance norm over (N, C, D, H, W) or (C, D, H, W).
+
+    Example:
+
+    >>> import torch
+    >>> y = InstanceNorm3d(2, affine=True)(torch.arange(32.0).reshape(1, 2, 2, 2, 4))
+    >>> bool(y.mean(dim=(2, 3, 4)).abs().max() < 1e-6)
+    True
+    """
 
     spatial_dims = 3
 
@@ -252,7 +312,16 @@ def _as_shape(normalized_shape) -> tuple[int, ...]:
 
 
 class LayerNorm(Module):
-    """Layer norm over the trailing ``normalized_shape`` dims of each sample."""
+    """Layer norm over the trailing ``normalized_shape`` dims of each sample.
+
+    Example:
+
+    >>> import torch
+    >>> ln = LayerNorm(8)  # (N, T, D): one statistic per token
+    >>> y = ln(torch.arange(80.0).reshape(2, 5, 8))
+    >>> bool(y.mean(dim=-1).abs().max() < 1e-6), tuple(ln.weight.shape)
+    (True, (8,))
+    """
 
     def __init__(
         self,
@@ -285,7 +354,15 @@ class LayerNorm(Module):
 
 
 class RMSNorm(Module):
-    """RMS norm: divide by the root mean square over the trailing dims, then scale."""
+    """RMS norm: divide by the root mean square over the trailing dims, then scale.
+
+    Example:
+
+    >>> import torch
+    >>> y = RMSNorm(2)(torch.tensor([[3.0, 4.0]]))  # 3 and 4 over sqrt(12.5)
+    >>> [round(v, 4) for v in y[0].tolist()]
+    [0.8485, 1.1314]
+    """
 
     def __init__(
         self,
@@ -319,7 +396,16 @@ class RMSNorm(Module):
 
 
 class GroupNorm(Module):
-    """Group norm: each sample's channels split into groups, one statistic per group."""
+    """Group norm: each sample's channels split into groups, one statistic per group.
+
+    Example:
+
+    >>> import torch
+    >>> gn = GroupNorm(2, 4)
+    >>> y = gn(torch.tensor([[1.0, 3.0, 10.0, 30.0]]))  # groups {0, 1} and {2, 3}
+    >>> [round(v, 3) for v in y[0].tolist()]
+    [-1.0, 1.0, -1.0, 1.0]
+    """
 
     def __init__(
         self,
@@ -425,6 +511,14 @@ def swap_norms(model: Module) -> Module:
 
     Parameters and buffers are copied through ``state_dict``; training mode is kept.
     Returns the model (or the twin, if ``model`` itself is a norm layer).
+
+    Example:
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    >>> model = swap_norms(model)
+    >>> type(model[1]).__module__, type(model[1]).__name__
+    ('refimpl.nn', 'BatchNorm1d')
     """
     twins = _twins()
     if type(model) in twins:

@@ -23,7 +23,21 @@ PLOT_STYLE = {
 
 
 def setup(seed: int = 0, threads: int = 1) -> None:
-    """Seed Python, NumPy and torch; fix torch's thread count; set print options and plot style."""
+    """Seed Python, NumPy and torch; fix torch's thread count; set print options and plot style.
+
+    Example:
+
+    >>> import random
+    >>> import torch
+    >>> threads = torch.get_num_threads()
+    >>> setup(seed=1)
+    >>> first = random.random()
+    >>> setup(seed=1)
+    >>> random.random() == first, torch.get_num_threads()
+    (True, 1)
+    >>> torch.set_num_threads(threads)  # undo, outside a notebook
+    >>> torch.use_deterministic_algorithms(False)
+    """
     import torch
 
     random.seed(seed)
@@ -46,6 +60,15 @@ def show(fig) -> None:
 
     The inline backend stores a "<Figure size ...>" text stand-in next to every image;
     displaying the PNG bytes ourselves keeps the stored outputs to the picture alone.
+
+    Example:
+
+    >>> import matplotlib.pyplot as plt
+    >>> fig, ax = plt.subplots()
+    >>> show(fig)  # a notebook shows the PNG; plain Python prints a placeholder
+    <IPython.core.display.Image object>
+    >>> plt.fignum_exists(fig.number)  # closed, so it is not displayed a second time
+    False
     """
     import io
 

@@ -148,6 +148,10 @@ def test_colab_install_url_matches_config(path):
     first = source(code_cells(load(path))[0])
     urls = re.findall(r"git\+(https://[^\s\"'@]+)", first)
     assert urls == [url], f"{path.name}: Colab installs from {urls}, _config.yml says {url}"
+    # with the `book` extra: the packages the notebooks import beyond refimpl's own
+    assert f'"refimpl[book] @ git+{url}"' in first, (
+        f"{path.name}: Colab must install refimpl[book] (run `python tests/colab_cell.py`)"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

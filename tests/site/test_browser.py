@@ -1,7 +1,8 @@
 """A real browser reads every page: headless Chromium, served from 127.0.0.1.
 
 Fails on JavaScript errors (console errors and uncaught exceptions), failed requests,
-broken images, broken internal links (missing pages or anchors) and unrendered math,
+broken images, broken internal links (missing pages or anchors), unrendered math and
+a number of visible search boxes other than one,
 and saves a screenshot of every page under _build/screenshots/.
 
 Without Chromium the check is skipped with a message; with CI=true it is never skipped.
@@ -80,6 +81,14 @@ IMAGES_JS = """
 
 LINKS_JS = "() => Array.from(document.querySelectorAll('a[href]')).map(a => a.href)"
 
+# The theme's search controls (the sidebar field and the header button share this class)
+# that a reader can see; the search page's own form is page content, not counted.
+VISIBLE_SEARCH_BOXES_JS = """
+() => Array.from(document.querySelectorAll('.search-button__button'))
+        .filter(e => e.checkVisibility({checkOpacity: true, checkVisibilityCSS: true}))
+        .length
+"""
+
 
 def _anchor_exists(html_file: Path, fragment: str) -> bool:
     text = html_file.read_text(encoding="utf-8")
@@ -119,6 +128,10 @@ def test_page_in_browser(page, browser, site_url, html_dir):
         problems.append(f"{math['unrendered']} of {math['total']} math elements not rendered")
     if math["errors"]:
         problems.append(f"{math['errors']} MathJax errors")
+
+    search_boxes = tab.evaluate(VISIBLE_SEARCH_BOXES_JS)
+    if search_boxes != 1:
+        problems.append(f"{search_boxes} visible search boxes, not exactly one")
 
     for src in tab.evaluate(IMAGES_JS):
         problems.append(f"broken image: {src}")
