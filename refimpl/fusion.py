@@ -375,6 +375,8 @@ def _describe(node) -> str:
         return node.target
     if node.op == "placeholder":
         return f"the model input {node.target}"
+    if node.op == "call_function":
+        return f"the function {getattr(node.target, '__name__', node.target)} ({node.name})"
     return f"{node.op} {node.name}"
 
 
