@@ -207,7 +207,11 @@ def _inference(model: nn.Module, x: torch.Tensor):
 
 
 def fusion_comparison(
-    rounds: int = 15, seconds: float = 0.02, repeat: int = 3, seed: int = 0
+    rounds: int = 15,
+    seconds: float = 0.02,
+    repeat: int = 3,
+    seed: int = 0,
+    timer=time.process_time,
 ) -> list[dict]:
     """Per network: median and quartiles of the paired ratios unfused/fused and fused/no-BN
     (and, under "ratios", every round's ratio)."""
@@ -217,7 +221,7 @@ def fusion_comparison(
         x = torch.randn(shape)
 
         runs = [_inference(m, x) for m in models.values()]
-        times = paired_times(runs, rounds, seconds, repeat)
+        times = paired_times(runs, rounds, seconds, repeat, timer)
         unfused, fused, no_bn = times.T
         rows.append(
             {
