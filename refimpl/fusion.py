@@ -199,6 +199,9 @@ def fuse_conv_bn_eval(conv: _ConvNd, bn: Module, transpose: bool = False) -> _Co
     dilated, strided, any padding mode, with or without bias) and BN with or without
     affine parameters. ``conv`` and ``bn`` are left untouched. Raises `FusionError`
     (a ValueError) saying why when ``bn`` is in training mode or has no running statistics.
+    ``transpose`` is accepted for torch's signature, but the module's own type decides
+    which weight axis is the output channel, so a forgotten flag cannot give a wrong
+    layer.
 
     >>> conv = torch.nn.Conv2d(3, 4, 3, groups=1).eval()
     >>> bn = torch.nn.BatchNorm2d(4).eval()
@@ -220,7 +223,7 @@ def fuse_conv_bn_eval(conv: _ConvNd, bn: Module, transpose: bool = False) -> _Co
         bn.eps,
         bn.weight,
         bn.bias,
-        transpose,
+        isinstance(conv, _ConvTransposeNd),
     )
     return fused
 

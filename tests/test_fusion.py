@@ -190,6 +190,21 @@ def test_grouped_transposed_scale_goes_to_the_right_channel():
     assert fb.tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("flag", [False, True])
+def test_the_module_type_decides_the_output_axis(flag):
+    # torch's fuser trusts the flag: ConvTranspose2d(6, 6) with transpose=False scales
+    # axis 0 (the input channels) and silently gives a wrong layer
+    _, bn, _ = make_pair(2, True, 1, 1, 1, "zeros", True, True, torch.float64)  # 6 features
+    conv = nn.ConvTranspose2d(6, 6, 3, padding=1, dtype=torch.float64).eval()
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        assert (
+            max_relative_error(fuse_conv_bn_eval(conv, bn, transpose=flag)(x), bn(conv(x))) <= 1e-12
+        )
+        wrong = torch_fusion.fuse_conv_bn_eval(conv, bn, transpose=False)(x)
+        assert max_relative_error(wrong, bn(conv(x))) > 1e-3
+
+
 def test_weights_return_parameters_like_torch():
     conv, bn, _ = make_pair(2, False, 1, 1, 1, "zeros", False, True, torch.float32)
     ours = fuse_conv_bn_weights(
