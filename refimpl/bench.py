@@ -8,16 +8,21 @@ on the machine. torch gets one thread, as NumPy has. Not a test: CI never assert
    kernel forward + autograd backward (the baseline refimpl is compared with).
 2. Closed-form backward against backprop through refimpl's step-by-step torch graph.
 3. One-pass (E[x^2] - E[x]^2) against two-pass moments.
+4. Conv-BN fusion (`refimpl.fusion.fuse_model`): inference time of each network unfused,
+   fused, and built without BN (the bound fusion can reach), as medians of paired runs.
 """
 
 from __future__ import annotations
 
+import time
 import timeit
 
 import numpy as np
 import torch
+from torch import nn
 
 from refimpl import backward, core, functional
+from refimpl.fusion import fuse_model
 
 SHAPE = (32, 64, 16, 16)
 REDUCE = (0, 2, 3)
@@ -122,6 +127,164 @@ def one_pass_against_two_pass() -> tuple[float, float]:
     return best_pair(lambda: core.naive_moments(x, REDUCE), lambda: core.moments(x, REDUCE))
 
 
+# --------------------------------------------------------------------------- fusion
+
+
+def _batch_norm_module(channels: int) -> nn.Module:
+    # The unfused baseline is torch's own eval-mode BN, the layer fusion removes.
+    return torch.nn.BatchNorm2d(channels)
+
+
+def _conv_block(c_in: int, c_out: int, batch_norm: bool, **conv) -> list[nn.Module]:
+    """conv -> BN -> ReLU, or conv (with bias) -> ReLU for the network without BN."""
+    layers = [nn.Conv2d(c_in, c_out, bias=not batch_norm, **conv)]
+    if batch_norm:
+        layers.append(_batch_norm_module(c_out))
+    return [*layers, nn.ReLU()]
+
+
+def plain_net(batch_norm: bool = True) -> nn.Sequential:
+    """A small VGG-like net for 32x32 images: 3x3 convs, each followed by BN and ReLU.
+
+    >>> plain_net()(torch.randn(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+    widths, layers, c_in = [32, 32, "pool", 64, 64, "pool", 128, 128], [], 3
+    for width in widths:
+        if width == "pool":
+            layers.append(nn.MaxPool2d(2))
+            continue
+        layers += _conv_block(c_in, width, batch_norm, kernel_size=3, padding=1)
+        c_in = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, 10))
+
+
+def separable_net(batch_norm: bool = True) -> nn.Sequential:
+    """A small MobileNet-like net: depthwise 3x3 then pointwise 1x1 convs, each with BN.
+
+    >>> separable_net()(torch.randn(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+    layers = _conv_block(3, 32, batch_norm, kernel_size=3, padding=1)
+    c_in = 32
+    for width, stride in [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1)]:
+        layers += _conv_block(
+            c_in, c_in, batch_norm, kernel_size=3, padding=1, stride=stride, groups=c_in
+        )
+        layers += _conv_block(c_in, width, batch_norm, kernel_size=1)
+        c_in = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, 10))
+
+
+FUSION_CASES = {
+    "plain conv net, batch 8": (plain_net, (8, 3, 32, 32)),
+    "depthwise-separable net, batch 8": (separable_net, (8, 3, 32, 32)),
+    "plain conv net, batch 1 (latency)": (plain_net, (1, 3, 32, 32)),
+}
+
+
+def fusion_models(build, seed: int = 0) -> dict[str, nn.Module]:
+    """The network with BN (eval, non-trivial running statistics), its fused version, and
+    the same network built without BN, all in eval mode."""
+    torch.manual_seed(seed)
+    unfused = build(batch_norm=True)
+    with torch.no_grad():
+        for m in unfused.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    unfused.eval()
+    fused, _ = fuse_model(unfused)
+    return {"unfused": unfused, "fused": fused, "no BN": build(batch_norm=False).eval()}
+
+
+def paired_times(
+    fns, rounds: int = 15, seconds: float = 0.02, repeat: int = 3, timer=time.process_time
+) -> np.ndarray:
+    """Seconds per call, shape (rounds, len(fns)). In each round every function is timed
+    in turn, in an order that rotates from round to round, so a busy machine slows all
+    alike and each round gives one paired ratio; within a round each time is the best of
+    ``repeat`` runs of about ``seconds`` (the least disturbed, as timeit advises).
+
+    The default clock is this process's CPU time, not wall time: on a shared machine the
+    time other programs hold the core does not count. With torch on one thread (all work
+    in the calling thread) it is the time the work took; other programs still disturb
+    the caches, which the repeats and the median absorb.
+    """
+    for fn in fns:
+        fn()  # warm up (allocations, oneDNN primitives)
+    numbers = []
+    for fn in fns:
+        number, took = timeit.Timer(fn, timer=timer).autorange()
+        numbers.append(max(1, round(number * seconds / took)))
+    times = np.zeros((rounds, len(fns)))
+    for r in range(rounds):
+        for k in range(len(fns)):
+            i = (k + r) % len(fns)
+            runs = timeit.Timer(fns[i], timer=timer).repeat(repeat, numbers[i])
+            times[r, i] = min(runs) / numbers[i]
+    return times
+
+
+def _inference(model: nn.Module, x: torch.Tensor):
+    def run():
+        with torch.inference_mode():
+            model(x)
+
+    return run
+
+
+def fusion_comparison(
+    rounds: int = 15,
+    seconds: float = 0.02,
+    repeat: int = 3,
+    seed: int = 0,
+    timer=time.process_time,
+) -> list[dict]:
+    """Per network: median and quartiles of the paired ratios unfused/fused and fused/no-BN
+    (and, under "ratios", every round's ratio)."""
+    rows = []
+    for name, (build, shape) in FUSION_CASES.items():
+        models = fusion_models(build, seed)
+        x = torch.randn(shape)
+
+        runs = [_inference(m, x) for m in models.values()]
+        times = paired_times(runs, rounds, seconds, repeat, timer)
+        unfused, fused, no_bn = times.T
+        rows.append(
+            {
+                "network": name,
+                "unfused ms": float(np.median(unfused)) * 1e3,
+                "fused ms": float(np.median(fused)) * 1e3,
+                "no BN ms": float(np.median(no_bn)) * 1e3,
+                "unfused / fused": np.quantile(unfused / fused, [0.5, 0.25, 0.75]),
+                "fused / no BN": np.quantile(fused / no_bn, [0.5, 0.25, 0.75]),
+                "ratios": {"unfused / fused": unfused / fused, "fused / no BN": fused / no_bn},
+            }
+        )
+    return rows
+
+
+def format_fusion_table(rows: list[dict]) -> str:
+    """The comparison as a Markdown table: medians of paired ratios with their quartiles."""
+    lines = [
+        "| network | unfused ms | fused ms | no-BN ms | unfused / fused | fused / no-BN |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        ratios = [
+            f"{q[0]:.3f} ({q[1]:.3f}-{q[2]:.3f})"
+            for q in (row["unfused / fused"], row["fused / no BN"])
+        ]
+        lines.append(
+            f"| {row['network']} | {row['unfused ms']:.2f} | {row['fused ms']:.2f} "
+            f"| {row['no BN ms']:.2f} | {ratios[0]} | {ratios[1]} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Print the three timing ratios (``python -m refimpl.bench``).
 
@@ -147,6 +310,12 @@ def main() -> None:
         f"one-pass moments       {one * 1e3:8.2f} ms | two-pass moments        "
         f"{two * 1e3:8.2f} ms | two-pass / one-pass = {two / one:.2f}x"
     )
+    rounds, repeat = 21, 5
+    print(
+        f"\nconv-BN fusion, eval, float32, 1 thread: median (quartiles) of {rounds} paired "
+        f"rounds, each time the best of {repeat}"
+    )
+    print(format_fusion_table(fusion_comparison(rounds=rounds, seconds=0.05, repeat=repeat)))
 
 
 if __name__ == "__main__":
