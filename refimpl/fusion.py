@@ -43,7 +43,16 @@ __all__ = [
 
 class FusionError(ValueError, AssertionError):
     """A batch norm that cannot be folded. A ValueError; also an AssertionError, the type
-    torch's fuser raises, so code written against torch catches it too."""
+    torch's fuser raises, so code written against torch catches it too.
+
+    Example:
+        >>> bn = torch.nn.BatchNorm2d(2)  # still in training mode
+        >>> try:
+        ...     fuse_conv_bn_eval(torch.nn.Conv2d(1, 2, 3).eval(), bn)
+        ... except AssertionError as error:
+        ...     print(isinstance(error, FusionError), isinstance(error, ValueError))
+        True True
+    """
 
 
 # --------------------------------------------------------------------------- the math
@@ -256,7 +265,12 @@ def fuse_linear_bn_eval(linear: Linear, bn: Module) -> Linear:
 
 @dataclass(frozen=True)
 class FusionEntry:
-    """One batch norm call site: folded into ``layer``, or left alone for ``reason``."""
+    """One batch norm call site: folded into ``layer``, or left alone for ``reason``.
+
+    Example:
+        >>> print(FusionEntry(bn="bn1", layer="conv1", folded=True))
+        folded      conv1 <- bn1
+    """
 
     bn: str
     layer: str | None
@@ -271,7 +285,15 @@ class FusionEntry:
 
 @dataclass
 class FusionReport:
-    """What `fuse_model` did: one entry per batch norm call site, in graph order."""
+    """What `fuse_model` did: one entry per batch norm call site, in graph order.
+
+    Example:
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2),
+        ...                             torch.nn.ReLU(), torch.nn.BatchNorm2d(2)).eval()
+        >>> fused, report = fuse_model(model)
+        >>> len(report.folded), len(report.not_folded)
+        (1, 1)
+    """
 
     entries: list[FusionEntry] = field(default_factory=list)
 
