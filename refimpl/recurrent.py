@@ -282,32 +282,36 @@ class PerStepBatchNorm1d(Module):
                     f"a step's mask must have shape ({x.size(0)},), got {list(mask.shape)}"
                 )
         s = self.slot(t)
-        real = (
-            torch.ones(x.size(0), 1, dtype=torch.bool, device=x.device)
-            if mask is None
-            else mask.unsqueeze(1)
-        )
-        x = torch.where(real, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        real = None if mask is None else mask.unsqueeze(1)
+        if real is not None:  # padding may hold anything: keep it out of the statistics
+            x = torch.where(real, x, torch.zeros((), dtype=x.dtype, device=x.device))
         use_batch_stats = self.training or self.running_mean is None
         if use_batch_stats:
-            count = int(real.sum())
+            count = x.size(0) if mask is None else int(mask.sum())
             if count == 0:
                 return x * 0
             _verify_real_count(count, self.num_features)
             mean, var = core.moments(x, (0,), mask=real)
             if self.training and self.track_running_stats:
-                self.num_batches_tracked[s] += 1
-                factor = self.momentum
-                if factor is None:
-                    factor = 1.0 / float(self.num_batches_tracked[s])
-                unbiased = var * (count / (count - 1))
-                _update_running_(self.running_mean[s], mean.reshape(-1), factor)
-                _update_running_(self.running_var[s], unbiased.reshape(-1), factor)
+                self._track_(s, mean, var, count)
         else:
             mean = self.running_mean[s].reshape(1, -1)
             var = self.running_var[s].reshape(1, -1)
         y = core.normalize(x, mean, var, self.eps, self.weight, self.bias, (1,))
+        if real is None:
+            return y
         return torch.where(real, y, torch.zeros((), dtype=y.dtype, device=y.device))
+
+    @torch.no_grad()
+    def _track_(self, s: int, mean: Tensor, var: Tensor, count: int) -> None:
+        """Fold one step's batch statistics into slot ``s``'s running averages."""
+        self.num_batches_tracked[s] += 1
+        factor = self.momentum
+        if factor is None:  # cumulative average over the batches that reached this slot
+            factor = 1.0 / float(self.num_batches_tracked[s])
+        unbiased = var * (count / (count - 1))
+        _update_running_(self.running_mean[s], mean.reshape(-1), factor)
+        _update_running_(self.running_var[s], unbiased.reshape(-1), factor)
 
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Normalize an (N, C, T) batch step by step; ``mask`` (N, T) bool or None."""
