@@ -526,3 +526,5 @@ def swap_norms(model: Module) -> Module:
     for name, child in model.named_children():
         setattr(model, name, swap_norms(child))
     return model
+
+from refimpl.recurrent import MaskedBatchNorm1d, PerStepBatchNorm1d  # noqa: E402, F401
