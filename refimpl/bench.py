@@ -221,7 +221,7 @@ def paired_times(
     time other programs hold the core does not count. With torch on one thread (all work
     in the calling thread) it is the time the work took; other programs still disturb
     the caches, which the repeats and the median absorb.
-    
+
     Example:
         >>> times = paired_times([lambda: None, lambda: sum(range(100))], rounds=2,
         ...                      seconds=0.001, repeat=1)

@@ -38,11 +38,28 @@ __all__ = [
 
 class SequenceShapeError(ValueError, RuntimeError):
     """Input and mask do not fit together (a ValueError; also a RuntimeError, which is
-    what torch raises for a channel mismatch in batch norm)."""
+    what torch raises for a channel mismatch in batch norm).
+
+    Example:
+        >>> bn = MaskedBatchNorm1d(3)
+        >>> try:
+        ...     bn(torch.zeros(2, 3, 5), torch.ones(2, 4, dtype=torch.bool))
+        ... except SequenceShapeError as error:
+        ...     print(isinstance(error, ValueError), isinstance(error, RuntimeError))
+        True True
+    """
 
 
 class MaskDtypeError(TypeError, ValueError):
-    """The mask is not a bool tensor (a TypeError; also a ValueError)."""
+    """The mask is not a bool tensor (a TypeError; also a ValueError).
+
+    Example:
+        >>> try:
+        ...     MaskedBatchNorm1d(3)(torch.zeros(2, 3, 5), torch.ones(2, 5))
+        ... except MaskDtypeError as error:
+        ...     print(isinstance(error, TypeError))
+        True
+    """
 
 
 def _check_sequence(input: Tensor, mask: Tensor | None, num_features: int) -> None:
