@@ -6,9 +6,9 @@ and `refimpl.nn` mirror `torch.nn.functional` and `torch.nn`, and never call tor
 normalization kernels, so comparing the two is a real test.
 """
 
-from refimpl import backward, core, functional, nn
+from refimpl import backward, core, functional, nn  # nn also loads refimpl.distributed
 from refimpl.check import check
 from refimpl.notebook import setup
 
-__all__ = ["backward", "check", "core", "functional", "nn", "setup"]
+__all__ = ["backward", "check", "core", "distributed", "functional", "nn", "setup"]
 __version__ = "0.1.0"
