@@ -4,7 +4,8 @@ Each rank holds a slice of the global batch. In training, :class:`SyncBatchNorm`
 normalizes every slice with the statistics of the *whole* batch, as if one device held it:
 
 - forward: each rank computes its slice's ``(count, mean, M2)`` per channel (two passes,
-  as :func:`refimpl.core.moments`); one ``all_gather`` brings every rank's triple to every
+  as :func:`refimpl.core.moments`, accumulated as torch accumulates: float64 for float32
+  on the CPU); one ``all_gather`` brings every rank's triple to every
   rank, and Chan's parallel formula (:func:`refimpl.core.combine_moments`) merges them in
   rank order, so every rank gets bit-identical global statistics. Slices of different
   sizes weigh by their counts; an empty slice sends a zero count and is skipped.
@@ -53,9 +54,19 @@ __all__ = [
 # --------------------------------------------------------------------------- statistics
 
 
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Half inputs are reduced in float32 (torch's opmath type); others in their own."""
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half inputs are normalized in float32 (torch's opmath type); others in their own."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _stats_dtype(input: Tensor) -> torch.dtype:
+    """Statistics are accumulated (and exchanged) as torch's kernels accumulate them: in
+    float64 for float32 on the CPU (its accumulate type there), else in the compute dtype
+    (float32 on GPUs, as torch.nn.SyncBatchNorm). A float32 mean of 1e4 is only good to
+    about 1e-3, and the merge multiplies differences of means: float64 keeps the merged
+    variance within torch's own float32 error on the CPU."""
+    compute = _compute_dtype(input.dtype)
+    return torch.float64 if compute == torch.float32 and input.device.type == "cpu" else compute
 
 
 def local_moments(x: Tensor) -> tuple[int, Tensor, Tensor]:
@@ -160,15 +171,16 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def forward(
         ctx, input, weight, bias, running_mean, running_var, eps, momentum, group, protocol
     ):  # noqa: E501
-        x = input.to(_stats_dtype(input.dtype))
-        count, mean, m2 = local_moments(x)
+        x = input.to(_compute_dtype(input.dtype))
+        count, mean, m2 = local_moments(x.to(_stats_dtype(input)))
         total, mean, m2 = PROTOCOLS[protocol](count, mean, m2, group)
         var = m2 / total if total > 0 else m2
         if running_mean is not None and total > 0:  # as plain BN: no update from no data
             unbiased = m2 / (total - 1) if total > 1 else m2 * float("nan")
             functional._update_running_(running_mean, mean, momentum)
             functional._update_running_(running_var, unbiased, momentum)
-        rstd = 1 / torch.sqrt(var + eps)
+        rstd = (1 / torch.sqrt(var + eps)).to(x.dtype)
+        mean = mean.to(x.dtype)
         shape = core.param_shape(x.ndim, x.shape, (1,))
         x_hat = (x - mean.reshape(shape)) * rstd.reshape(shape)
         ctx.save_for_backward(x, weight, mean, rstd)
@@ -256,7 +268,7 @@ class SyncBatchNorm(_BatchNorm):
         count and stats dtype, and all raise the same error if they differ. A module with
         per-channel state keeps its count; one without repeats the check every step."""
         stateless = self.weight is None and self.running_mean is None
-        key = (input.shape[1], torch.finfo(_stats_dtype(input.dtype)).bits, int(stateless))
+        key = (input.shape[1], torch.finfo(_stats_dtype(input)).bits, int(stateless))
         if self._agreed == key and not stateless:
             return
         mine = torch.tensor(key, dtype=torch.int64, device=input.device)

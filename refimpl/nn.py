@@ -432,4 +432,6 @@ def swap_norms(model: Module) -> Module:
     for name, child in model.named_children():
         setattr(model, name, swap_norms(child))
     return model
+
+
 from refimpl.distributed import SyncBatchNorm  # noqa: E402, F401  (needs _BatchNorm above)

@@ -167,6 +167,13 @@ def test_matches_batch_norm_on_the_whole_batch(world):
                 f"{name}: rank {rank} running_var", r["running_var"], ref.running_var, atol_var
             )
             assert r["num_batches_tracked"] == int(ref.num_batches_tracked)
+            if dtype == torch.float32:  # far tighter than the bound: torch's own error scale
+                assert_close(
+                    f"{name}: rank {rank} running_var, 1e-5 relative",
+                    r["running_var"],
+                    ref.running_var,
+                    1e-5 * to_numpy(ref.running_var),
+                )
             # Every rank holds the very same statistics: bit for bit.
             assert torch.equal(r["running_mean"], ranks[0]["running_mean"])
             assert torch.equal(r["running_var"], ranks[0]["running_var"])
@@ -193,7 +200,7 @@ def test_collectives_per_step(world):
     world_size, cases, results = world
     for case in cases:
         channels = case["steps"][0][0].shape[1]
-        item = 4 if case["steps"][0][0].dtype == torch.float32 else 8
+        item = 8  # float64 statistics: float32 inputs on the CPU accumulate in float64
         for r in results:
             first, second = r[case["name"]]["log"]
             if world_size == 1:
@@ -274,7 +281,7 @@ def test_channel_count_mismatch_is_a_clear_error_on_every_rank():
     for rank_errors in errors:
         assert len(rank_errors) == 2
         for message in rank_errors:
-            assert "ranks disagree on the input: channels [3, 4]" in message
+            assert "ranks disagree on the input: channels [3, 4]" in message, message
 
 
 def test_without_a_process_group_it_is_plain_batch_norm():
