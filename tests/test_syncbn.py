@@ -201,6 +201,7 @@ def test_collectives_per_step(world):
     for case in cases:
         channels = case["steps"][0][0].shape[1]
         item = 8  # float64 statistics: float32 inputs on the CPU accumulate in float64
+        grad_item = case["steps"][0][0].element_size()  # the backward sums: input dtype
         for r in results:
             first, second = r[case["name"]]["log"]
             if world_size == 1:
@@ -230,8 +231,8 @@ def test_collectives_per_step(world):
                 ]
             backward = {
                 "op": "all_reduce",
-                "sent_bytes": 2 * channels * item,
-                "received_bytes": 2 * channels * item,
+                "sent_bytes": 2 * channels * grad_item,
+                "received_bytes": 2 * channels * grad_item,
             }
             assert first == [handshake, *stats_ops, backward]
             assert second == [*stats_ops, backward]
