@@ -140,7 +140,7 @@ def sum_of_squares_moments(
 ) -> tuple[float, Tensor, Tensor]:
     """The textbook one-``all_reduce`` protocol: sums of x and of x^2, then
     ``M2 = sum(x^2) - n * mean^2``. Kept only to show why not: it cancels
-    catastrophically when |mean| >> std (float32 at a channel mean of 1e4)."""
+    catastrophically when ``|mean| >> std`` (float32 at a channel mean of 1e4)."""
     sum_x = mean * count
     sum_x2 = m2 + sum_x * mean  # what a one-pass kernel would have accumulated
     payload = torch.cat([mean.new_full((1,), float(count)), sum_x, sum_x2])
@@ -223,7 +223,7 @@ class SyncBatchNorm(_BatchNorm):
     input of rank >= 2. Synchronizes only in training with an initialized process group
     of two or more ranks (``process_group``, else the default group); otherwise it is
     refimpl's plain batch norm. ``stats_protocol`` picks how statistics travel (see
-    :data:`PROTOCOLS`); the default, ``"all_gather"``, is one collective per forward.
+    ``PROTOCOLS``); the default, ``"all_gather"``, is one collective per forward.
 
     >>> m = SyncBatchNorm(3)
     >>> m(torch.randn(4, 3, 2)).shape  # no process group: plain batch norm
