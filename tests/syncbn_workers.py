@@ -63,6 +63,8 @@ def parity_worker(rank, world_size, cases):
                 out["eval_output"] = module(x_last).detach().clone()
             out["eval_log"] = log
         results[case["name"]] = out
+    if world_size > 1:  # last: after the error the modules are left half-stepped
+        results["mismatch errors"] = mismatch_worker(rank, world_size)
     return results
 
 

@@ -108,14 +108,18 @@ def _reference(case):
     return ref, outs
 
 
-@pytest.fixture(scope="module", params=[1, 2, 4], ids=lambda w: f"world{w}")
-def world(request):
-    cases = _cases(request.param)
-    results = launch(syncbn_workers.parity_worker, request.param, cases)
-    return request.param, cases, results
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_sync_batch_norm_across_processes(world_size):
+    """One launch per world size (starting processes dominates the cost), three checks.
+    One test function, so that pytest-xdist cannot launch the same world twice."""
+    cases = _cases(world_size)
+    world = world_size, cases, launch(syncbn_workers.parity_worker, world_size, cases)
+    check_matches_batch_norm_on_the_whole_batch(world)
+    check_collectives_per_step(world)
+    check_channel_count_mismatch_is_a_clear_error_on_every_rank(world)
 
 
-def test_matches_batch_norm_on_the_whole_batch(world):
+def check_matches_batch_norm_on_the_whole_batch(world):
     world_size, cases, results = world
     for case in cases:
         name = f"world {world_size}, {case['name']}"
@@ -194,7 +198,7 @@ def test_matches_batch_norm_on_the_whole_batch(world):
         )
 
 
-def test_collectives_per_step(world):
+def check_collectives_per_step(world):
     """Counted from the tensors sent: forward one all_gather of 2C + 1 values, backward one
     all_reduce of 2C, plus a 3-value channel handshake on the first step only."""
     world_size, cases, results = world
@@ -277,12 +281,17 @@ def test_merged_moments_equal_two_pass_over_the_whole(sizes):
     assert_close("m2", m2, want_m2, REL64 * want_m2.max() * 10)
 
 
-def test_channel_count_mismatch_is_a_clear_error_on_every_rank():
-    errors = launch(syncbn_workers.mismatch_worker, 2, timeout=30)
-    for rank_errors in errors:
-        assert len(rank_errors) == 2
-        for message in rank_errors:
-            assert "ranks disagree on the input: channels [3, 4]" in message, message
+def check_channel_count_mismatch_is_a_clear_error_on_every_rank(world):
+    """Rank 0 feeds 3 channels, the others 4 (with and without per-channel state): every
+    rank raises the same ValueError, nobody hangs or aborts."""
+    world_size, _, results = world
+    if world_size == 1:
+        return  # needs two ranks or more
+    expected = f"ranks disagree on the input: channels {[3] + [4] * (world_size - 1)}"
+    for r in results:
+        assert len(r["mismatch errors"]) == 2
+        for message in r["mismatch errors"]:
+            assert expected in message, message
 
 
 def test_without_a_process_group_it_is_plain_batch_norm():
