@@ -34,7 +34,7 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
 lint: $(STAMP)
-	$(BIN)/ruff check refimpl tests notebooks
+	$(BIN)/ruff check refimpl tests notebooks scripts
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 # Unit tests, notebook hygiene and the docstring examples of refimpl (doctests); the site

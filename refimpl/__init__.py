@@ -6,9 +6,11 @@ and `refimpl.nn` mirror `torch.nn.functional` and `torch.nn`, and never call tor
 normalization kernels, so comparing the two is a real test.
 """
 
-from refimpl import backward, core, functional, fusion, nn
+from refimpl import backward, core, functional, fusion, nn  # nn also loads recurrent, distributed
 from refimpl.check import check
 from refimpl.notebook import setup
 
-__all__ = ["backward", "check", "core", "functional", "fusion", "nn", "setup"]
+__all__ = [
+    "backward", "check", "core", "distributed", "functional", "fusion", "nn", "recurrent", "setup",
+]
 __version__ = "0.1.0"

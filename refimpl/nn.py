@@ -527,4 +527,6 @@ def swap_norms(model: Module) -> Module:
         setattr(model, name, swap_norms(child))
     return model
 
+# Modules beyond torch.nn's norms, defined on top of the classes above.
+from refimpl.distributed import SyncBatchNorm  # noqa: E402, F401
 from refimpl.recurrent import MaskedBatchNorm1d, PerStepBatchNorm1d  # noqa: E402, F401

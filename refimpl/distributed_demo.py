@@ -1,0 +1,86 @@
+"""Worker functions for the book's multi-process sync BN demo (notebook 19).
+
+Spawned processes import their target by name, so these live in a module, not in the
+notebook. Run them with :func:`refimpl.distributed.launch`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+
+from refimpl.distributed import SyncBatchNorm, record_collectives
+
+__all__ = ["train_steps", "step_times", "demo_worker"]
+
+
+def train_steps(rank, batches, sizes, weight, bias, protocol="all_gather"):
+    """Forward and backward of a SyncBatchNorm on this rank's slice of each global batch.
+
+    Returns, per step, the output, the input/weight/bias gradients and the collectives
+    logged; then the running statistics.
+    """
+    start = sum(sizes[:rank])
+    part = slice(start, start + sizes[rank])
+    module = SyncBatchNorm(weight.shape[0], dtype=weight.dtype)
+    module.stats_protocol = protocol
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        module.bias.copy_(bias)
+    steps = []
+    for x_full, g_full in batches:
+        x = x_full[part].clone().requires_grad_()
+        with record_collectives() as log:
+            y = module(x)
+            y.backward(g_full[part])
+        steps.append(
+            {
+                "output": y.detach(),
+                "grad_input": x.grad,
+                "grad_weight": module.weight.grad.clone(),
+                "grad_bias": module.bias.grad.clone(),
+                "collectives": log,
+            }
+        )
+        module.zero_grad()
+    return {
+        "steps": steps,
+        "running_mean": module.running_mean.clone(),
+        "running_var": module.running_var.clone(),
+    }
+
+
+def step_times(rank, shape, repeats, protocols=("all_gather", "all_reduce"), sizes=(1, 2, 4)):
+    """Seconds per forward+backward step (median of ``repeats``) on groups of the first
+    1, 2, 4 ranks, each rank holding a batch of ``shape`` (weak scaling). Ranks outside a
+    group wait at a barrier. A group of one does not communicate: plain batch norm."""
+    groups = {size: dist.new_group(list(range(size))) for size in sizes}  # all ranks call
+    x = torch.randn(shape)
+    g = torch.randn(shape)
+    times = {}
+    for size in sizes:
+        for protocol in protocols:
+            if rank < size:
+                module = SyncBatchNorm(shape[1], process_group=groups[size])
+                module.stats_protocol = protocol
+                samples = []
+                for i in range(repeats + 2):
+                    xr = x.clone().requires_grad_()
+                    begin = time.perf_counter()
+                    module(xr).backward(g)
+                    if i >= 2:  # two warm-up steps
+                        samples.append(time.perf_counter() - begin)
+                times[(size, protocol)] = sorted(samples)[len(samples) // 2]
+            dist.barrier()
+    return times
+
+
+def demo_worker(rank, world_size, parity, timing):
+    """Notebook 19's one launch: the parity run (both protocols), then the timings."""
+    return {
+        "all_gather": train_steps(rank, **parity),
+        "all_reduce": train_steps(rank, **parity, protocol="all_reduce"),
+        "times": step_times(rank, **timing),
+    }
