@@ -7,8 +7,8 @@ normalization kernels, so comparing the two is a real test.
 """
 
 from refimpl import backward, core, functional, nn
-from refimpl.check import check
+from refimpl.check import check, check_table
 from refimpl.notebook import setup
 
-__all__ = ["backward", "check", "core", "functional", "nn", "setup"]
+__all__ = ["backward", "check", "check_table", "core", "functional", "nn", "setup"]
 __version__ = "0.1.0"
