@@ -7,10 +7,11 @@ normalization kernels, so comparing the two is a real test.
 """
 
 from refimpl import backward, core, functional, fusion, nn  # nn also loads recurrent, distributed
-from refimpl.check import check
+from refimpl.check import check, check_table
 from refimpl.notebook import setup
 
 __all__ = [
-    "backward", "check", "core", "distributed", "functional", "fusion", "nn", "recurrent", "setup",
+    "backward", "check", "check_table", "core", "distributed", "functional", "fusion", "nn",
+    "recurrent", "setup",
 ]
 __version__ = "0.1.0"

@@ -147,3 +147,35 @@ def check(name: str, ours, ref, *, tol: float = 1e-12, atol: float = 0.0) -> Non
         return
     print(f"FAIL {name}: relative error {err:.3e}, not {bound}, shape {tuple(a.shape)}")
     raise ToleranceExceeded(f"{name}: relative error {err:.3e} exceeds {bound}")
+
+
+def check_table(rows, *, tol: float = 1e-12, atol: float = 0.0) -> None:
+    """`check` for a run of comparisons, printed as one table (one tolerance for all).
+
+    ``rows`` holds ``(name, ours, ref)`` triples. Every row is compared as `check` does;
+    the table is printed in full, then the first row beyond tolerance raises.
+
+    >>> import numpy as np
+    >>> check_table([("ones", np.ones(3), np.ones(3)), ("zero", 0.0, 0.0)])
+    comparison  shape  agree within 1e-12
+    ones        (3,)   ok
+    zero        ()     ok
+    """
+    rows = [(name, to_numpy(ours), to_numpy(ref)) for name, ours, ref in rows]
+    results = []
+    for name, a, b in rows:
+        err = max_relative_error(a, b)
+        scale = float(np.abs(b[np.isfinite(b)]).max()) if np.isfinite(b).any() else 0.0
+        abs_err = err * scale if scale > 0 else err
+        ok = math.isfinite(err) and abs_err <= atol + tol * scale
+        results.append((name, str(tuple(a.shape)), ok, err))
+    bound = describe_tolerance(tol, atol)
+    name_width = max(len("comparison"), *(len(r[0]) for r in results))
+    shape_width = max(len("shape"), *(len(r[1]) for r in results))
+    print(f"{'comparison':<{name_width}}  {'shape':<{shape_width}}  agree {bound}")
+    for name, shape, ok, err in results:
+        verdict = "ok" if ok else f"FAIL (relative error {err:.3e})"
+        print(f"{name:<{name_width}}  {shape:<{shape_width}}  {verdict}")
+    for name, _, ok, err in results:
+        if not ok:
+            raise ToleranceExceeded(f"{name}: relative error {err:.3e} exceeds {bound}")
