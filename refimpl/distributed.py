@@ -111,7 +111,17 @@ def merge_moments(rows) -> tuple[float, Tensor, Tensor]:
 
 def gather_moments(count: int, mean: Tensor, m2: Tensor, group) -> tuple[float, Tensor, Tensor]:
     """One ``all_gather`` of each rank's ``[count, mean, M2]`` (2C + 1 values), merged by
-    Chan's formula in rank order, identically on every rank. The chosen protocol."""
+    Chan's formula in rank order, identically on every rank. The chosen protocol.
+
+    Example:
+        >>> import torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> count, mean, m2 = local_moments(torch.tensor([[1.0], [3.0]]))
+        >>> total, mean, m2 = gather_moments(count, mean, m2, dist.group.WORLD)
+        >>> total, mean.tolist(), m2.tolist()  # one rank: its own moments
+        (2.0, [2.0], [2.0])
+        >>> dist.destroy_process_group()
+    """
     payload = torch.cat([mean.new_full((1,), float(count)), mean, m2])
     gathered = [torch.empty_like(payload) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered, payload, group=group)
@@ -123,7 +133,17 @@ def gather_moments(count: int, mean: Tensor, m2: Tensor, group) -> tuple[float, 
 def allreduce_moments(count: int, mean: Tensor, m2: Tensor, group) -> tuple[float, Tensor, Tensor]:
     """Two ``all_reduce``s: ``[count, sum]`` gives the global mean g; then each rank's M2
     about g (``M2 + count * (mean - g)^2``, the parallel-axis theorem) is summed. Stable
-    and O(C) bytes whatever the world size, but two round trips instead of one."""
+    and O(C) bytes whatever the world size, but two round trips instead of one.
+
+    Example:
+        >>> import torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> count, mean, m2 = local_moments(torch.tensor([[1.0], [3.0]]))
+        >>> total, mean, m2 = allreduce_moments(count, mean, m2, dist.group.WORLD)
+        >>> total, mean.tolist(), m2.tolist()  # one rank: its own moments
+        (2.0, [2.0], [2.0])
+        >>> dist.destroy_process_group()
+    """
     head = torch.cat([mean.new_full((1,), float(count)), mean * count])
     dist.all_reduce(head, group=group)
     total = head[0].item()
@@ -140,7 +160,21 @@ def sum_of_squares_moments(
 ) -> tuple[float, Tensor, Tensor]:
     """The textbook one-``all_reduce`` protocol: sums of x and of x^2, then
     ``M2 = sum(x^2) - n * mean^2``. Kept only to show why not: it cancels
-    catastrophically when ``|mean| >> std`` (float32 at a channel mean of 1e4)."""
+    catastrophically when ``|mean| >> std`` (float32 at a channel mean of 1e4).
+
+    Example:
+        >>> import torch.distributed as dist
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> x = 1e4 + torch.tensor([-1.0, 1.0]).repeat(500).reshape(1000, 1)  # variance 1
+        >>> moments = local_moments(x)
+        >>> moments[2].item()  # M2 of the slice, exact
+        1000.0
+        >>> gather_moments(*moments, dist.group.WORLD)[2].item()
+        1000.0
+        >>> sum_of_squares_moments(*moments, dist.group.WORLD)[2].item()  # all lost
+        0.0
+        >>> dist.destroy_process_group()
+    """
     sum_x = mean * count
     sum_x2 = m2 + sum_x * mean  # what a one-pass kernel would have accumulated
     payload = torch.cat([mean.new_full((1,), float(count)), sum_x, sum_x2])
@@ -399,7 +433,12 @@ def record_collectives():
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago.
+
+    Example:
+        >>> 0 < free_port() < 65536
+        True
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -430,6 +469,11 @@ def launch(fn, world_size: int, *args, timeout: float = 60.0) -> list:
     ``fn`` must be importable by name (defined in a module, not in a notebook), as
     ``torch.multiprocessing.spawn`` starts fresh interpreters. A worker's exception is
     raised here, with its traceback; ``timeout`` bounds every collective.
+
+    Example:
+        >>> import operator
+        >>> launch(operator.add, 2)  # rank + world_size, from two processes
+        [2, 3]
     """
     import torch.multiprocessing as mp
 

@@ -21,6 +21,13 @@ def train_steps(rank, batches, sizes, weight, bias, protocol="all_gather"):
 
     Returns, per step, the output, the input/weight/bias gradients and the collectives
     logged; then the running statistics.
+
+    Example:
+        >>> batch = (torch.randn(4, 2), torch.randn(4, 2))  # (input, output gradient)
+        >>> run = train_steps(0, [batch], [4], torch.ones(2), torch.zeros(2))
+        >>> step = run["steps"][0]  # no process group: plain batch norm, no collectives
+        >>> step["output"].shape, step["grad_input"].shape, step["collectives"]
+        (torch.Size([4, 2]), torch.Size([4, 2]), [])
     """
     start = sum(sizes[:rank])
     part = slice(start, start + sizes[rank])
@@ -55,7 +62,15 @@ def train_steps(rank, batches, sizes, weight, bias, protocol="all_gather"):
 def step_times(rank, shape, repeats, protocols=("all_gather", "all_reduce"), sizes=(1, 2, 4)):
     """Seconds per forward+backward step (median of ``repeats``) on groups of the first
     1, 2, 4 ranks, each rank holding a batch of ``shape`` (weak scaling). Ranks outside a
-    group wait at a barrier. A group of one does not communicate: plain batch norm."""
+    group wait at a barrier. A group of one does not communicate: plain batch norm.
+
+    Example:
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> times = step_times(0, shape=(4, 2), repeats=1, sizes=(1,))
+        >>> sorted(times), all(t > 0 for t in times.values())
+        ([(1, 'all_gather'), (1, 'all_reduce')], True)
+        >>> dist.destroy_process_group()
+    """
     groups = {size: dist.new_group(list(range(size))) for size in sizes}  # all ranks call
     x = torch.randn(shape)
     g = torch.randn(shape)
@@ -78,7 +93,18 @@ def step_times(rank, shape, repeats, protocols=("all_gather", "all_reduce"), siz
 
 
 def demo_worker(rank, world_size, parity, timing):
-    """Notebook 19's one launch: the parity run (both protocols), then the timings."""
+    """Notebook 19's one launch: the parity run (both protocols), then the timings.
+
+    Example:
+        >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        >>> parity = {"batches": [(torch.randn(4, 2), torch.randn(4, 2))], "sizes": [4],
+        ...           "weight": torch.ones(2), "bias": torch.zeros(2)}
+        >>> timing = {"shape": (4, 2), "repeats": 1, "sizes": (1,)}
+        >>> result = demo_worker(0, 1, parity, timing)
+        >>> sorted(result), len(result["times"])
+        (['all_gather', 'all_reduce', 'times'], 2)
+        >>> dist.destroy_process_group()
+    """
     return {
         "all_gather": train_steps(rank, **parity),
         "all_reduce": train_steps(rank, **parity, protocol="all_reduce"),
