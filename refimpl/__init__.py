@@ -6,9 +6,20 @@ and `refimpl.nn` mirror `torch.nn.functional` and `torch.nn`, and never call tor
 normalization kernels, so comparing the two is a real test.
 """
 
-from refimpl import backward, core, functional, nn
+from refimpl import backward, core, data, functional, nn, precise_bn, running_stats, training
 from refimpl.check import check
 from refimpl.notebook import setup
 
-__all__ = ["backward", "check", "core", "functional", "nn", "setup"]
+__all__ = [
+    "backward",
+    "check",
+    "core",
+    "data",
+    "functional",
+    "nn",
+    "precise_bn",
+    "running_stats",
+    "setup",
+    "training",
+]
 __version__ = "0.1.0"
