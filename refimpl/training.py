@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.nn import Module
+from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
+
+from refimpl.nn import _BatchNorm as _RefBatchNorm
 
 __all__ = [
     "minibatches",
@@ -26,8 +29,13 @@ __all__ = [
     "paired_comparison",
 ]
 
+_BATCH_NORMS = (_TorchBatchNorm, _RefBatchNorm)
+
 # Two-sided 95% Student t cutoffs by number of pairs (n - 1 degrees of freedom).
-T_CUTOFF_95 = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 10: 2.26}
+T_CUTOFF_95 = {
+    2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26, 11: 2.23,
+    12: 2.20,
+}
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
@@ -57,13 +65,16 @@ def train(
     weight_decay: float = 0.0,
     drop_last: bool = False,
     params=None,
+    bn_eval: bool = False,
     on_epoch=None,
 ) -> list[float]:
     """Train ``model`` with minibatch SGD and cross-entropy; return the mean loss per epoch.
 
     ``seed`` fixes the minibatch order; ``params`` (default: all) are the ones the
-    optimizer updates; ``on_epoch(epoch, model)`` is called after each epoch. The model
-    is left in train mode.
+    optimizer updates; ``bn_eval=True`` keeps every batch norm layer in eval mode
+    (running statistics used and left unchanged; the usual way to fine-tune with frozen
+    BN statistics); ``on_epoch(epoch, model)`` is called after each epoch. The model is
+    left in train mode (with ``bn_eval``, its BN layers in eval mode).
 
     >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Linear(2, 2)
@@ -77,7 +88,11 @@ def train(
     optimizer = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
     losses = []
     for epoch in range(epochs):
-        model.train()
+        model.train()  # every epoch: on_epoch may have switched modes
+        if bn_eval:
+            for module in model.modules():
+                if isinstance(module, _BATCH_NORMS):
+                    module.eval()
         total, count = 0.0, 0
         for idx in minibatches(len(X), batch_size, generator, drop_last):
             loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])

@@ -84,3 +84,17 @@ def test_paired_comparison_by_hand():
     assert paired_comparison([0, 1, 2.1], [1, 2, 3], ("A", "B")).verdict == "B better"
     with pytest.raises(ValueError):
         paired_comparison([1.0], [0.0])
+
+
+def test_bn_eval_keeps_running_stats_and_trains_the_rest():
+    X, y = _data()
+    model = _model()
+    stats = model[1].running_mean.clone()
+    weight = model[1].weight.clone()
+    first = model[0].weight.clone()
+    train(model, X, y, epochs=2, batch_size=16, lr=0.5, bn_eval=True)
+    assert torch.equal(stats, model[1].running_mean)
+    assert int(model[1].num_batches_tracked) == 0
+    assert not torch.equal(weight, model[1].weight)  # gamma still learns
+    assert not torch.equal(first, model[0].weight)
+    assert model.training and not model[1].training
