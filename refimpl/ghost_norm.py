@@ -14,7 +14,7 @@ import math
 import torch
 
 from refimpl import core
-from refimpl.nn import BatchNorm2d, _BatchNorm
+from refimpl.nn import _BatchNorm
 
 __all__ = ["GhostBatchNorm"]
 
@@ -27,6 +27,7 @@ class GhostBatchNorm(_BatchNorm):
     ghost batches of their means and unbiased variances. ``ghost_size`` must divide the
     batch size; ``ghost_size`` equal to the batch size is ``BatchNorm2d``.
 
+    >>> from refimpl.nn import BatchNorm2d
     >>> layer = GhostBatchNorm(3, ghost_size=2)
     >>> x = torch.randn(8, 3, 4, 4)
     >>> y = layer(x)

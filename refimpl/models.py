@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from refimpl import nn as refimpl_nn
@@ -61,6 +60,7 @@ def small_cnn(norm: str | None = "batch", widths=(16, 32), layers=refimpl_nn, he
     a linear classifier (with ``head_norm``: linear - the same norm on features - ReLU -
     linear).
 
+    >>> import torch
     >>> model = small_cnn("batch")
     >>> tuple(model(torch.zeros(2, 1, 8, 8)).shape)
     (2, 10)
@@ -86,6 +86,7 @@ def lenet(batch_norm: bool = True, layers=refimpl_nn) -> nn.Sequential:
     each conv and linear layer and before the sigmoid; Xavier-uniform weights, as d2l's
     ``train_ch6`` initialises them.
 
+    >>> import torch
     >>> tuple(lenet()(torch.zeros(2, 1, 28, 28)).shape)
     (2, 10)
     """
