@@ -6,12 +6,34 @@ and `refimpl.nn` mirror `torch.nn.functional` and `torch.nn`, and never call tor
 normalization kernels, so comparing the two is a real test.
 """
 
-from refimpl import backward, core, functional, fusion, nn  # nn also loads recurrent, distributed
+from refimpl import (  # nn also loads recurrent and distributed
+    backward,
+    core,
+    data,
+    functional,
+    fusion,
+    nn,
+    precise_bn,
+    running_stats,
+    training,
+)
 from refimpl.check import check, check_table
 from refimpl.notebook import setup
 
 __all__ = [
-    "backward", "check", "check_table", "core", "distributed", "functional", "fusion", "nn",
-    "recurrent", "setup",
+    "backward",
+    "check",
+    "check_table",
+    "core",
+    "data",
+    "distributed",
+    "functional",
+    "fusion",
+    "nn",
+    "precise_bn",
+    "recurrent",
+    "running_stats",
+    "setup",
+    "training",
 ]
 __version__ = "0.1.0"
