@@ -25,6 +25,14 @@ __all__ = ["Split", "digits", "mnist_5000", "read_idx", "write_idx", "fashion_mn
 
 
 class Split(NamedTuple):
+    """Images and labels, split into a training and a test part.
+
+    >>> split = Split(torch.zeros(3, 1, 2, 2), torch.arange(3), torch.zeros(1, 1, 2, 2),
+    ...               torch.tensor([1]))
+    >>> len(split.X_train), split.y_test.tolist()
+    (3, [1])
+    """
+
     X_train: torch.Tensor
     y_train: torch.Tensor
     X_test: torch.Tensor
@@ -106,7 +114,14 @@ def read_idx(path) -> np.ndarray:
 
 
 def write_idx(path, array: np.ndarray) -> None:
-    """Write ``array`` as an IDX file (gzipped when ``path`` ends in .gz)."""
+    """Write ``array`` as an IDX file (gzipped when ``path`` ends in .gz).
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "labels.idx.gz")
+    >>> write_idx(path, np.array([7, 2, 1], dtype=np.uint8))
+    >>> read_idx(path).tolist()
+    [7, 2, 1]
+    """
     array = np.asarray(array)
     codes = {np.dtype(v).newbyteorder("="): k for k, v in _IDX_TYPES.items()}
     code = codes[array.dtype.newbyteorder("=")]
@@ -133,6 +148,19 @@ def fashion_mnist(root, *, download: bool = False, dtype=torch.float32) -> Split
 
     Missing files raise FileNotFoundError unless ``download=True`` (off by default: the
     book never downloads; its experiments use :func:`mnist_5000`).
+
+    Example, on four tiny files written here (the real ones hold 60,000 + 10,000 images):
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for key, name in FASHION_MNIST_FILES.items():
+    ...     n = 3 if key.endswith("train") else 2
+    ...     shape = (n, 28, 28) if key[0] == "X" else (n,)
+    ...     data = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape) % 10
+    ...     write_idx(root / name, data)
+    >>> split = fashion_mnist(root)
+    >>> tuple(split.X_train.shape), split.y_test.tolist()
+    ((3, 1, 28, 28), [0, 1])
     """
     root = Path(root)
     arrays = {}

@@ -145,7 +145,12 @@ def evaluate(model: Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 
 @dataclass(frozen=True)
 class PairedComparison:
     """Mean of the paired differences a - b, its standard error, t = mean / stderr, the
-    95% cutoff for n - 1 degrees of freedom, and the verdict."""
+    95% cutoff for n - 1 degrees of freedom, and the verdict (made by `paired_comparison`).
+
+    >>> r = paired_comparison([0.5, 0.75, 0.5], [0.5, 0.5, 0.75])
+    >>> r.differences, r.cutoff, r.verdict
+    ((0.0, 0.25, -0.25), 4.3, 'within noise')
+    """
 
     differences: tuple[float, ...]
     mean: float
