@@ -205,3 +205,15 @@ def test_ends_with_references(path):
     )
     references = text.split("## References", 1)[1]
     assert "{cite}" in references, f"{path.name}: References section cites nothing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_notebook_has_a_figure(path):
+    """Every chapter shows at least one figure, stored executed so the book renders it."""
+    images = [
+        out
+        for cell in code_cells(load(path))
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    ]
+    assert images, f"{path.name}: no figure (no stored image/png output)"
