@@ -94,7 +94,8 @@ def test_no_volatile_text(path):
 
 
 def _asserts(src: str) -> bool:
-    """Whether a cell asserts something: an `assert` statement or a `check(...)` call."""
+    """Whether a cell asserts something: an `assert` statement or a `check(...)` /
+    `check_table(...)` call (both raise beyond tolerance)."""
     tree = ast.parse(src)
     for node in ast.walk(tree):
         if isinstance(node, ast.Assert):
@@ -102,7 +103,7 @@ def _asserts(src: str) -> bool:
         if isinstance(node, ast.Call):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if name == "check":
+            if name in {"check", "check_table"}:
                 return True
     return False
 
@@ -128,6 +129,7 @@ def test_relaxed_cell_rule_catches_an_unasserted_table():
     assert not _asserts("print(accuracies)")
     assert _asserts("print(accuracies)\nassert accuracies['bn'] > accuracies['plain']")
     assert _asserts("refimpl.check('x', a, b)")
+    assert _asserts("check_table([('x', a, b)])")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
