@@ -47,6 +47,19 @@ def _reset_affine(module: Module) -> None:
         init.zeros_(module.bias)
 
 
+def _register_running_stats(module: Module, shape, count_shape, track: bool, factory) -> None:
+    """running_mean (zeros), running_var (ones) of ``shape`` and an integer
+    num_batches_tracked of ``count_shape``; all three None when not tracking (torch's layout)."""
+    if track:
+        module.register_buffer("running_mean", torch.zeros(shape, **factory))
+        module.register_buffer("running_var", torch.ones(shape, **factory))
+        count = torch.zeros(count_shape, dtype=torch.long, device=factory["device"])
+        module.register_buffer("num_batches_tracked", count)
+    else:
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            module.register_buffer(name, None)
+
+
 class _NormBase(Module):
     """Parameters and running buffers shared by batch and instance norm (torch's layout)."""
 
@@ -72,16 +85,7 @@ class _NormBase(Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         _register_affine(self, num_features, affine, bias, factory)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        _register_running_stats(self, (num_features,), (), track_running_stats, factory)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:

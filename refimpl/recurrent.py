@@ -23,7 +23,7 @@ from torch.nn import Module, Parameter, init
 
 from refimpl import core
 from refimpl.functional import _TorchSize
-from refimpl.nn import _NormBase, _register_affine, _reset_affine
+from refimpl.nn import _NormBase, _register_affine, _register_running_stats
 
 __all__ = [
     "SequenceShapeError",
@@ -241,29 +241,14 @@ class PerStepBatchNorm1d(Module):
         self.track_running_stats = track_running_stats
         self.beyond_max = beyond_max
         _register_affine(self, num_features, affine, True, factory)
-        if track_running_stats:
-            shape = (max_steps, num_features)
-            self.register_buffer("running_mean", torch.zeros(shape, **factory))
-            self.register_buffer("running_var", torch.ones(shape, **factory))
-            # Per step: a step is "tracked" only in batches that reach it.
-            self.register_buffer(
-                "num_batches_tracked", torch.zeros(max_steps, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        # Per step: a step is "tracked" only in batches that reach it, so one count each.
+        stats_shape = (max_steps, num_features)
+        _register_running_stats(self, stats_shape, (max_steps,), track_running_stats, factory)
         self.reset_parameters()
 
-    def reset_running_stats(self) -> None:
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        _reset_affine(self)
+    # Batch norm's resets work unchanged on per-step buffers.
+    reset_running_stats = _NormBase.reset_running_stats
+    reset_parameters = _NormBase.reset_parameters
 
     def extra_repr(self) -> str:
         return (
