@@ -201,6 +201,17 @@ def _why_not_foldable(bn) -> str | None:
     return None
 
 
+def _foldable_copy(layer: Module, bn: Module, kind: str) -> Module:
+    """A copy of ``layer`` to receive the folded weights, after checking that both the
+    layer and ``bn`` are in a state that can be folded (raises `FusionError` otherwise)."""
+    if layer.training:
+        raise FusionError(_LAYER_TRAINING.format(kind=kind))
+    reason = _why_not_foldable(bn)
+    if reason:
+        raise FusionError(reason)
+    return copy.deepcopy(layer)
+
+
 def fuse_conv_bn_eval(conv: _ConvNd, bn: Module, transpose: bool = False) -> _ConvNd:
     """A new convolution equal to ``bn(conv(x))`` for eval-mode ``conv`` and ``bn``.
 
@@ -218,12 +229,7 @@ def fuse_conv_bn_eval(conv: _ConvNd, bn: Module, transpose: bool = False) -> _Co
     >>> bool(torch.allclose(fuse_conv_bn_eval(conv, bn)(x), bn(conv(x)), atol=1e-5))
     True
     """
-    if conv.training:
-        raise FusionError(_LAYER_TRAINING.format(kind="conv"))
-    reason = _why_not_foldable(bn)
-    if reason:
-        raise FusionError(reason)
-    fused = copy.deepcopy(conv)
+    fused = _foldable_copy(conv, bn, "conv")
     fused.weight, fused.bias = fuse_conv_bn_weights(
         conv.weight,
         conv.bias,
@@ -248,12 +254,7 @@ def fuse_linear_bn_eval(linear: Linear, bn: Module) -> Linear:
     >>> bool(torch.allclose(fuse_linear_bn_eval(linear, bn)(x), bn(linear(x)), atol=1e-6))
     True
     """
-    if linear.training:
-        raise FusionError(_LAYER_TRAINING.format(kind="linear"))
-    reason = _why_not_foldable(bn)
-    if reason:
-        raise FusionError(reason)
-    fused = copy.deepcopy(linear)
+    fused = _foldable_copy(linear, bn, "linear")
     fused.weight, fused.bias = fuse_linear_bn_weights(
         linear.weight, linear.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
     )
