@@ -336,6 +336,26 @@ def _layer_norm_last(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps:
     return core.normalize(x, mean, var, eps, weight, bias, (x.dim() - 1,))
 
 
+def _reset_lstm_weights(cell: Module) -> None:
+    """The LSTM weights both normalized cells start from: uniform input weights, an
+    orthogonal recurrent matrix (per gate block is the paper's; the whole is fine here),
+    zero gate bias except the forget gate's 1."""
+    bound = cell.hidden_size**-0.5
+    init.uniform_(cell.weight_ih, -bound, bound)
+    init.orthogonal_(cell.weight_hh)
+    with torch.no_grad():
+        cell.bias.zero_()
+        cell.bias[cell.hidden_size : 2 * cell.hidden_size] = 1.0
+
+
+def _lstm_update(gates: Tensor, c: Tensor, normalize_cell) -> tuple[Tensor, Tensor]:
+    """(h', c') from the summed gate pre-activations (i, f, g, o): the LSTM update, with
+    the cell state normalized by ``normalize_cell`` before the output tanh."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(normalize_cell(c_next)), c_next
+
+
 class BNLSTMCell(Module):
     """LSTM cell with recurrent batch normalization (Cooijmans et al. 2016).
 
@@ -381,12 +401,7 @@ class BNLSTMCell(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = self.hidden_size**-0.5
-        init.uniform_(self.weight_ih, -bound, bound)
-        init.orthogonal_(self.weight_hh)  # per gate block is the paper's; the whole is fine here
-        with torch.no_grad():
-            self.bias.zero_()
-            self.bias[self.hidden_size : 2 * self.hidden_size] = 1.0  # forget-gate bias 1
+        _reset_lstm_weights(self)
         for bn in (self.bn_ih, self.bn_hh, self.bn_c):
             bn.reset_parameters()
             init.constant_(bn.weight, self.gamma_init)  # the paper uses 0.1 for every BN
@@ -398,10 +413,7 @@ class BNLSTMCell(Module):
             + self.bn_ih.step(x @ self.weight_ih.T, t, mask)
             + self.bias
         )
-        i, f, g, o = gates.chunk(4, dim=1)
-        c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h_next = torch.sigmoid(o) * torch.tanh(self.bn_c.step(c_next, t, mask))
-        return h_next, c_next
+        return _lstm_update(gates, c, lambda c_next: self.bn_c.step(c_next, t, mask))
 
 
 class LNLSTMCell(Module):
@@ -437,12 +449,7 @@ class LNLSTMCell(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        bound = self.hidden_size**-0.5
-        init.uniform_(self.weight_ih, -bound, bound)
-        init.orthogonal_(self.weight_hh)
-        with torch.no_grad():
-            self.bias.zero_()
-            self.bias[self.hidden_size : 2 * self.hidden_size] = 1.0
+        _reset_lstm_weights(self)
         for name in ("ih", "hh", "c"):
             init.ones_(getattr(self, f"ln_{name}_weight"))
             init.zeros_(getattr(self, f"ln_{name}_bias"))
@@ -455,10 +462,10 @@ class LNLSTMCell(Module):
             + _layer_norm_last(x @ self.weight_ih.T, self.ln_ih_weight, self.ln_ih_bias, self.eps)
             + self.bias
         )
-        i, f, g, o = gates.chunk(4, dim=1)
-        c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        c_norm = _layer_norm_last(c_next, self.ln_c_weight, self.ln_c_bias, self.eps)
-        return torch.sigmoid(o) * torch.tanh(c_norm), c_next
+        def normalize_cell(c_next):
+            return _layer_norm_last(c_next, self.ln_c_weight, self.ln_c_bias, self.eps)
+
+        return _lstm_update(gates, c, normalize_cell)
 
 
 def lstm_sequence(cell: Module, x: Tensor, mask: Tensor | None = None) -> Tensor:
