@@ -119,6 +119,9 @@ def test_page_in_browser(page, browser, site_url, html_dir):
     tab.on("response", on_response)
 
     tab.goto(f"{site_url}/{page}", wait_until="networkidle")
+    # On a loaded machine "networkidle" can come while a long page is still being parsed
+    # (no request for 500 ms), before its deferred scripts (MathJax) have run.
+    tab.wait_for_load_state("load")
     math = tab.evaluate(MATH_STATE_JS)
     tab.wait_for_load_state("networkidle")
 
