@@ -84,7 +84,7 @@ def math_of(markdown: str) -> list[str]:
 
 
 # One symbol and nothing else: `g`, `\\hat g`, `\\mathbf{W}`; not `g_j`, `W'` or `sd(d)`.
-BARE = re.compile(r"(\\[A-Za-z]+\s*)?\{?\\?[A-Za-z]+\}?")
+BARE = re.compile(r"(\\(" + "|".join({*TYPEFACES, *ACCENTS}) + r")\s*)?\{?\\?[A-Za-z]+\}?")
 
 
 def declared() -> tuple[set[str], dict[str, list[str]]]:
