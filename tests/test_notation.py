@@ -145,3 +145,9 @@ def test_every_symbol_is_on_the_notation_page(name, text):
 def test_no_symbol_is_declared_in_two_rows():
     twice = {symbol: rows for symbol, rows in ROWS_OF.items() if len(set(rows)) > 1}
     assert not twice, f"symbols declared by more than one row (two meanings): {twice}"
+
+
+def test_every_declared_symbol_is_used_somewhere():
+    """A row for a symbol no page writes any more is a stale row (renamed, or removed)."""
+    used = set().union(*(symbols(m) for _, text in PAGES for m in math_of(text)))
+    assert not DECLARED - used, f"declared but used on no page: {sorted(DECLARED - used)}"
