@@ -129,7 +129,7 @@ def test_the_tokenizer_sees_typeface_accent_and_subscripts():
 
 def test_the_table_is_read_and_an_unknown_symbol_is_caught():
     assert {"N", "n", "mu", "sigma", "gamma", "beta", "cal B", "bf W"} <= DECLARED
-    assert symbols(r"\zeta_n + \mathcal Q") - DECLARED == {"zeta", "cal Q"}
+    assert symbols(r"\chi_n + \mathcal Q") - DECLARED == {"chi", "cal Q"}
 
 
 @pytest.mark.parametrize("name, text", PAGES, ids=[name for name, _ in PAGES])
