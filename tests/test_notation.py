@@ -49,12 +49,16 @@ DECORATED = re.compile(
     r"\\(" + "|".join({*TYPEFACES, *ACCENTS}) + r")(?![A-Za-z])\s*"
     r"(?:\{([^{}]*)\}|(\\[A-Za-z]+)|([A-Za-z0-9]))"
 )
+# A symbol with a text label as its index is a symbol of its own: t_{\text{paired}} is not t.
+TEXT_INDEXED = re.compile(
+    r"(@[^@]+@|\\[A-Za-z]+|[A-Za-z])(?:\^\{?\d\}?)?\s*([_^])\s*"
+    r"(?:\{\s*\\(?:text|mathrm)\s*\{([^{}]*)\}\s*\}|\\(?:text|mathrm)\s*\{([^{}]*)\})"
+)
 TOKEN = re.compile(r"@[^@]+@|\\[A-Za-z]+|[A-Za-z]")
 
 
 def symbols(tex: str) -> set[str]:
-    """The symbols (letters with typeface and accent) that a piece of TeX uses."""
-    tex = LABEL_ARG.sub(" ", tex)
+    """The symbols (letters with typeface, accent and text label) that a piece of TeX uses."""
 
     def mark(match: re.Match) -> str:
         command, braced, macro, letter = match.groups()
@@ -65,6 +69,12 @@ def symbols(tex: str) -> set[str]:
 
     while DECORATED.search(tex):  # innermost first: \hat{\mathbf x} -> "hat bf x"
         tex = DECORATED.sub(mark, tex)
+
+    def label(match: re.Match) -> str:
+        base, position, braced, bare = match.groups()
+        return f"@{base.strip('@').lstrip(chr(92))}{position}{(braced or bare).strip()}@"
+
+    tex = LABEL_ARG.sub(" ", TEXT_INDEXED.sub(label, tex))
     found = set()
     for token in TOKEN.findall(tex):
         if token.startswith("@"):
@@ -123,7 +133,9 @@ PAGES = pages()
 def test_the_tokenizer_sees_typeface_accent_and_subscripts():
     assert symbols(r"\hat\mu_{\mathcal B} + \mathbf W_{o,c,k}") == {
         "hat mu", "cal B", "bf W", "o", "c", "k"}
-    assert symbols(r"\mu_{\text{pad}} = \frac{1}{m}\sum_j x_j") == {"mu", "m", "j", "x"}
+    assert symbols(r"\mu_{\text{pad}} = \frac{1}{m}\sum_j x_j") == {"mu_pad", "m", "j", "x"}
+    assert symbols(r"\sigma^2_{\text{run}} + t_\text{paired} + \mathbf W_{\text{out}}") == {
+        "sigma_run", "t_paired", "bf W_out"}
     assert symbols(r"\hat{x}") == {"hat x"} and symbols(r"\sqrt{\sigma^2}") == {"sigma"}
 
 
