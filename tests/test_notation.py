@@ -2,11 +2,12 @@
 
 A *symbol* here is a letter (Latin or Greek) together with its typeface and accent:
 `x`, `\\hat x`, `\\mathbf W`, `\\mathcal B` are four symbols. A prime marks a variant of
-the same symbol (`W'`). Subscripts are symbols too (`x_{nchw}` uses x, n, c, h and w);
-text in `\\text{}` / `\\operatorname{}` is a label, not a symbol. The test reads the
-symbol column of the tables in `book/notation.md` and fails on any page whose math uses
-a symbol that no row declares, so a new symbol cannot enter the book without a line on
-the notation page that says what it means. Two rows may not declare the same bare symbol
+the same symbol (`W'`). Subscripts are symbols too (`x_{nchw}` uses x, n, c, h and w),
+but a letter indexed by a text label is a symbol of its own (`t_{\\text{paired}}` is not
+`t`); other text (`\\operatorname{sd}`) is not a symbol. The test reads the symbol
+column of the tables in `book/notation.md` and fails on any page whose math uses a symbol
+that no row declares, so a new symbol cannot enter the book without a line on the
+notation page that says what it means. Two rows may not declare the same bare symbol
 (one letter, nothing attached): that would give it two meanings.
 """
 
