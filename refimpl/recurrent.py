@@ -336,6 +336,15 @@ def _layer_norm_last(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps:
     return core.normalize(x, mean, var, eps, weight, bias, (x.dim() - 1,))
 
 
+def _add_lstm_weights(cell: Module, input_size: int, hidden_size: int) -> None:
+    """The plain LSTM parameters both normalized cells have: W_x, W_h and the gate bias."""
+    cell.input_size = input_size
+    cell.hidden_size = hidden_size
+    cell.weight_ih = Parameter(torch.empty(4 * hidden_size, input_size))
+    cell.weight_hh = Parameter(torch.empty(4 * hidden_size, hidden_size))
+    cell.bias = Parameter(torch.empty(4 * hidden_size))
+
+
 def _reset_lstm_weights(cell: Module) -> None:
     """The LSTM weights both normalized cells start from: uniform input weights, an
     orthogonal recurrent matrix (per gate block is the paper's; the whole is fine here),
@@ -386,12 +395,8 @@ class BNLSTMCell(Module):
         beyond_max: str = "reuse_last",
     ) -> None:
         super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        _add_lstm_weights(self, input_size, hidden_size)
         self.gamma_init = gamma_init
-        self.weight_ih = Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias = Parameter(torch.empty(4 * hidden_size))
         options = {"eps": eps, "momentum": momentum, "beyond_max": beyond_max}
         self.bn_ih = PerStepBatchNorm1d(4 * hidden_size, max_steps, **options)
         self.bn_hh = PerStepBatchNorm1d(4 * hidden_size, max_steps, **options)
@@ -434,12 +439,8 @@ class LNLSTMCell(Module):
 
     def __init__(self, input_size: int, hidden_size: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        _add_lstm_weights(self, input_size, hidden_size)
         self.eps = eps
-        self.weight_ih = Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias = Parameter(torch.empty(4 * hidden_size))
         self.ln_ih_weight = Parameter(torch.empty(4 * hidden_size))
         self.ln_ih_bias = Parameter(torch.empty(4 * hidden_size))
         self.ln_hh_weight = Parameter(torch.empty(4 * hidden_size))
