@@ -18,8 +18,8 @@ from collections import defaultdict
 
 import pytest
 
-from tests.notebooks import load, notebook_paths
-from tests.test_claims import BOOK
+from tests.notebooks import notebook_paths
+from tests.test_claims import BOOK, markdown_of
 
 NOTATION = BOOK / "notation.md"
 
@@ -115,16 +115,8 @@ def declared() -> tuple[set[str], dict[str, list[str]]]:
 
 
 def pages() -> list[tuple[str, str]]:
-    found = []
-    for path in notebook_paths():
-        text = "\n".join(
-            "".join(c["source"]) for c in load(path)["cells"] if c["cell_type"] == "markdown"
-        )
-        found.append((path.name, text))
-    for path in sorted(BOOK.glob("*.md")):
-        if path != NOTATION:
-            found.append((path.name, path.read_text(encoding="utf-8")))
-    return found
+    paths = notebook_paths() + [p for p in sorted(BOOK.glob("*.md")) if p != NOTATION]
+    return [(path.name, markdown_of(path)) for path in paths]
 
 
 DECLARED, ROWS_OF = declared()
