@@ -10,6 +10,7 @@ from refimpl import (  # nn also loads recurrent and distributed
     backward,
     core,
     data,
+    evidence,
     functional,
     fusion,
     nn,
@@ -18,21 +19,26 @@ from refimpl import (  # nn also loads recurrent and distributed
     training,
 )
 from refimpl.check import check, check_table
+from refimpl.evidence import claim, paired_verdict, seeds
 from refimpl.notebook import setup
 
 __all__ = [
     "backward",
     "check",
     "check_table",
+    "claim",
     "core",
     "data",
     "distributed",
+    "evidence",
     "functional",
     "fusion",
     "nn",
+    "paired_verdict",
     "precise_bn",
     "recurrent",
     "running_stats",
+    "seeds",
     "setup",
     "training",
 ]

@@ -9,14 +9,13 @@ degrees of freedom.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 from torch.nn import Module
 from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 
+# The paired comparison lives in refimpl.evidence (with the seed convention and the
+# ledger binding); it is re-exported here, where earlier chapters import it from.
+from refimpl.evidence import T_CUTOFF_95, PairedComparison, paired_comparison
 from refimpl.nn import _BatchNorm as _RefBatchNorm
 
 __all__ = [
@@ -31,11 +30,6 @@ __all__ = [
 
 _BATCH_NORMS = (_TorchBatchNorm, _RefBatchNorm)
 
-# Two-sided 95% Student t cutoffs by number of pairs (n - 1 degrees of freedom).
-T_CUTOFF_95 = {
-    2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26, 11: 2.23,
-    12: 2.20,
-}
 
 
 def minibatches(n: int, batch_size: int, generator: torch.Generator, drop_last: bool = False):
@@ -140,45 +134,3 @@ def evaluate(model: Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 
     finally:
         for module, training in modes.items():
             module.training = training
-
-
-@dataclass(frozen=True)
-class PairedComparison:
-    """Mean of the paired differences a - b, its standard error, t = mean / stderr, the
-    95% cutoff for n - 1 degrees of freedom, and the verdict (made by `paired_comparison`).
-
-    >>> r = paired_comparison([0.5, 0.75, 0.5], [0.5, 0.5, 0.75])
-    >>> r.differences, r.cutoff, r.verdict
-    ((0.0, 0.25, -0.25), 4.3, 'within noise')
-    """
-
-    differences: tuple[float, ...]
-    mean: float
-    stderr: float
-    t: float
-    cutoff: float
-    verdict: str
-
-
-def paired_comparison(a, b, names: tuple[str, str] = ("a", "b")) -> PairedComparison:
-    """Compare paired per-seed results: verdict "<a> better", "<b> better" or "within noise".
-
-    >>> r = paired_comparison([0.90, 0.91, 0.92], [0.80, 0.80, 0.83], ("BN", "plain"))
-    >>> r.verdict, round(r.mean, 3)
-    ('BN better', 0.1)
-    """
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    n = len(d)
-    if n < 2:
-        raise ValueError("a paired comparison needs at least 2 pairs")
-    if n not in T_CUTOFF_95:
-        raise ValueError(f"no t cutoff stored for {n} pairs; use one of {sorted(T_CUTOFF_95)}")
-    mean = float(d.mean())
-    stderr = float(d.std(ddof=1) / math.sqrt(n))
-    t = mean / stderr if stderr > 0 else (math.copysign(math.inf, mean) if mean else 0.0)
-    cutoff = T_CUTOFF_95[n]
-    if abs(t) <= cutoff:
-        verdict = "within noise"
-    else:
-        verdict = f"{names[0] if t > 0 else names[1]} better"
-    return PairedComparison(tuple(float(v) for v in d), mean, stderr, t, cutoff, verdict)

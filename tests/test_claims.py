@@ -3,21 +3,24 @@
 Each table row names a seed file, quotes a claim, gives a verdict in bold from the fixed
 set, and links to the evidence: a book page, or a notebook *section or cell* (a
 notebook link carries an anchor: a heading's slug or a MyST label). Every seed appears in
-the ledger, and every verdict is backed by an asserting notebook cell in a linked section
-(so nbval re-checks it). The built site's browser check then confirms that the anchors
-resolve.
+the ledger, and every row is bound to the one notebook cell that asserts *its* verdict:
+the row links a label that sits right above a cell calling
+`refimpl.claim("<label>", "<verdict>", {...})` (so nbval re-checks it in both
+passes). The built site's browser check then confirms that the anchors resolve.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.notebooks import ROOT, load, source
-from tests.test_notebook_hygiene import TIMING_CODE, TIMING_MARK, _asserts
+from tests.test_notebook_hygiene import TIMING_CODE, TIMING_MARK
 
 BOOK = ROOT / "book"
 LEDGER = BOOK / "claims.md"
@@ -145,76 +148,95 @@ def test_every_seed_is_in_the_ledger():
 
 
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
-HEADING_LINE = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 
 
-def _events(path: Path) -> list[tuple]:
-    """A notebook read in order as ("label", name), ("heading", level, slug), ("text",) and
-    ("code", asserts, times) events; `#` lines inside fenced blocks are not headings."""
-
-    events: list[tuple] = []
-    for cell in load(path)["cells"]:
-        text = source(cell)
-        if cell["cell_type"] == "code":
-            try:
-                asserts = _asserts(text)
-            except SyntaxError:  # cell magics: not Python, so not an assertion either
-                asserts = False
-            times = text.startswith(TIMING_MARK) and bool(TIMING_CODE.search(text))
-            events.append(("code", asserts, times))
+def _labels_in_markdown(text: str) -> list[str]:
+    """The `(name)=` labels of a markdown cell, outside fenced code blocks."""
+    found, fence = [], None
+    for line in text.splitlines():
+        opening = FENCE.match(line)
+        if opening:
+            mark = opening.group(1)
+            if fence is None:
+                fence = mark
+            elif mark[0] == fence[0] and len(mark) >= len(fence):
+                fence = None
             continue
-        if cell["cell_type"] != "markdown":
-            continue
-        fence = None
-        for line in text.splitlines():
-            opening = FENCE.match(line)
-            if opening:
-                mark = opening.group(1)
-                if fence is None:
-                    fence = mark
-                elif mark[0] == fence[0] and len(mark) >= len(fence):
-                    fence = None
-                continue
-            if fence is not None:
-                continue
-            label = LABEL.match(line)
-            heading = HEADING_LINE.match(line)
-            if label:
-                events.append(("label", label.group(1)))
-            elif heading:
-                events.append(("heading", len(heading.group(1)), slug(heading.group(2))))
-            elif line.strip():
-                events.append(("text",))
-    return events
-
-
-def section_code(path: Path, anchor: str) -> list[tuple[bool, bool]]:
-    """(asserts, times) of each code cell in the section that `anchor` (a label or a
-    heading's slug) opens in the notebook; empty when the anchor is not there."""
-    events = _events(path)
-    start = next(
-        (
-            i
-            for i, e in enumerate(events)
-            if (e[0] == "label" and e[1] == anchor) or (e[0] == "heading" and e[2] == anchor)
-        ),
-        None,
-    )
-    if start is None:
-        return []
-    level = 7  # a bare label's section ends at the next label or heading of any level
-    if events[start][0] == "heading":
-        level = events[start][1]
-    elif start + 1 < len(events) and events[start + 1][0] == "heading":
-        start += 1  # `(label)=` right above a heading names that heading's section
-        level = events[start][1]
-    found = []
-    for event in events[start + 1 :]:
-        if event[0] == "label" or (event[0] == "heading" and event[1] <= level):
-            break
-        if event[0] == "code":  # ("text",) events only mark a label's adjacency to a heading
-            found.append(event[1:])
+        label = LABEL.match(line)
+        if fence is None and label:
+            found.append(label.group(1))
     return found
+
+
+@dataclass
+class ClaimCell:
+    """A `claim(label, verdict, {...})` call in a notebook code cell."""
+
+    notebook: str
+    cell: int  # index among the notebook's cells
+    label: str
+    verdict: str
+    labels_above: list[str]  # labels in the markdown between the previous code cell and this
+    checks_computed: bool  # the checks dict has at least one non-literal value
+    executed: bool
+
+
+@dataclass
+class TimingCell:
+    notebook: str
+    cell: int
+    labels_above: list[str]
+
+
+def _claim_calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        if name != "claim" or len(node.args) < 2:
+            continue
+        label, verdict = node.args[0], node.args[1]
+        if not (isinstance(label, ast.Constant) and isinstance(verdict, ast.Constant)):
+            continue
+        checks = node.args[2] if len(node.args) > 2 else None
+        for kw in node.keywords:
+            if kw.arg == "checks":
+                checks = kw.value
+        computed = isinstance(checks, ast.Dict) and any(
+            not isinstance(v, ast.Constant) for v in checks.values
+        )
+        yield str(label.value), str(verdict.value), computed
+
+
+def notebook_evidence(paths=None) -> tuple[list[ClaimCell], list[TimingCell]]:
+    """Every claim call, and every timing cell, of the notebooks, with the labels above."""
+    claims, timings = [], []
+    for path in paths or sorted((ROOT / "notebooks").glob("*.ipynb")):
+        pending: list[str] = []
+        for index, cell in enumerate(load(path)["cells"]):
+            text = source(cell)
+            if cell["cell_type"] == "markdown":
+                pending += _labels_in_markdown(text)
+                continue
+            if cell["cell_type"] != "code":
+                continue
+            if text.startswith(TIMING_MARK) and TIMING_CODE.search(text):
+                timings.append(TimingCell(path.name, index, pending))
+            try:
+                tree = ast.parse(text)
+            except SyntaxError:  # cell magics
+                tree = ast.Module(body=[], type_ignores=[])
+            for label, verdict, computed in _claim_calls(tree):
+                executed = cell.get("execution_count") is not None
+                claims.append(
+                    ClaimCell(path.name, index, label, verdict, pending, computed, executed)
+                )
+            pending = []
+    return claims, timings
+
+
+CLAIMS, TIMINGS = notebook_evidence()
 
 
 def verdict_of(row: list[str]) -> str:
@@ -222,76 +244,88 @@ def verdict_of(row: list[str]) -> str:
     return bold.group(1) if bold else ""
 
 
-def _notebook_with_label(label: str) -> Path | None:
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        if label in LABEL.findall(markdown_of(path)):
-            return path
-    return None
+def row_labels(row: list[str]) -> list[str]:
+    return [a or b for a, b in REF_ROLE.findall(row[-1])]
+
+
+def test_claim_labels_are_unique():
+    labels = [c.label for c in CLAIMS]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    assert not repeated, f"claim labels used by more than one claim(...) call: {repeated}"
 
 
 @pytest.mark.parametrize("row", [r for _, r in ROWS], ids=IDS)
-def test_every_verdict_is_backed_by_an_asserting_cell(row):
-    """Every verdict is re-checked whenever the notebooks run (nbval, in CI).
+def test_every_row_is_bound_to_the_cell_that_asserts_its_verdict(row):
+    """Every ledger row links (by label) the one notebook cell that asserts *its* verdict.
 
-    The rule: at least one of the row's evidence links must lead to a notebook section
-    that holds an *asserting* code cell: an `assert` statement, or a call to
-    `refimpl.check` / `check_table` (which raise beyond tolerance), recognised as the
-    hygiene test's `_asserts` does. A link resolves to the notebook markdown cell holding
-    its label `(name)=` or the heading with that slug; the section runs from there to the
-    next label or the next heading of the same or a higher level (a label directly above
-    a heading takes that heading's level; a bare label's section ends at the next label or
-    heading). Links to book pages (no code) do not count. So a verdict whose evidence
-    stops being true stops the build, and a printed number nobody checks cannot carry one.
+    The rule: exactly one of the row's `{ref}` labels is a claim label, that is, a label
+    that sits right above (in the markdown since the previous code cell) a code cell
+    calling `claim("<label>", "<verdict>", {...})`; the call's verdict is the row's, its
+    checks are computed in the cell (not literals), and the cell is stored executed. nbval
+    re-runs the cell in both passes, so when a check behind the row stops being true, the
+    build stops.
 
-    One exception: a **not shown** verdict on a speed claim, whose linked section holds a
-    timing cell (`# NBVAL_IGNORE_OUTPUT` and timing code). Timings are never asserted (they
-    differ between machines and CPU code paths), and "not shown" claims nothing to assert.
+    One exception: a row whose verdict rests on a timing binds to a timing cell (`#
+    NBVAL_IGNORE_OUTPUT` and timing code) instead: timings are printed as ratios measured
+    in one run, never asserted (they vary between machines and CPU code paths).
     """
-    evidence = row[-1]
-    sections = []
-    for target in MD_LINK.findall(evidence):
-        path, _, anchor = target.partition("#")
-        page = (BOOK / path).resolve()
-        if page.suffix == ".ipynb" and anchor:
-            sections.append((page, anchor))
-    for a, b in REF_ROLE.findall(evidence):
-        label = a or b
-        page = _notebook_with_label(label)
-        if page is not None:
-            sections.append((page, label))
-    code = [cell for p, a in sections for cell in section_code(p, a)]
-    if verdict_of(row) == "not shown" and any(times for _, times in code):
-        return  # a speed claim: timings are printed, never asserted (they vary by machine)
-    assert any(asserts for asserts, _ in code), (
-        f"no asserting code cell (assert / check / check_table) in the linked sections "
-        f"{[f'{p.name}#{a}' for p, a in sections]} for the verdict {row[2][:80]!r}"
+    labels = row_labels(row)
+    by_label = {c.label: c for c in CLAIMS}
+    bound = [by_label[x] for x in labels if x in by_label]
+    if not bound:
+        timed = [t for t in TIMINGS if set(t.labels_above) & set(labels)]
+        assert timed, (
+            f"the row links no claim cell: none of {labels} labels a cell that calls "
+            f"claim(label, verdict, ...) (row verdict {row[2][:70]!r})"
+        )
+        return
+    assert len(bound) == 1, f"the row links several claim cells: {[c.label for c in bound]}"
+    c = bound[0]
+    assert c.label in c.labels_above, (
+        f"{c.notebook} cell {c.cell}: the label {c.label!r} must sit right above its claim cell"
     )
+    assert c.verdict == verdict_of(row), (
+        f"{c.notebook} cell {c.cell}: claim {c.label!r} asserts {c.verdict!r}, "
+        f"the ledger states {verdict_of(row)!r}"
+    )
+    assert c.checks_computed, f"{c.notebook} cell {c.cell}: claim {c.label!r} checks only literals"
+    assert c.executed, f"{c.notebook} cell {c.cell}: the claim cell is not stored executed"
 
 
-def test_the_section_rule_on_a_small_notebook(tmp_path):
+def test_every_claim_cell_is_a_ledger_row():
+    linked = [x for _, row in ROWS for x in row_labels(row)]
+    orphans = [f"{c.notebook}:{c.label}" for c in CLAIMS if c.label not in linked]
+    assert not orphans, f"claim(...) calls that no ledger row links: {orphans}"
+    twice = sorted({c.label for c in CLAIMS if linked.count(c.label) > 1})
+    assert not twice, f"claim labels linked by more than one ledger row: {twice}"
+
+
+def test_the_binding_rule_on_a_small_notebook(tmp_path):
     def md(text):
         return {"cell_type": "markdown", "metadata": {}, "source": text}
 
-    def code(text):
-        return {"cell_type": "code", "metadata": {}, "outputs": [], "source": text}
+    def code(text, count=1):
+        return {"cell_type": "code", "metadata": {}, "outputs": [], "source": text,
+                "execution_count": count}
 
     nb = {
         "cells": [
-            md("# Title\n\n(sec-a)=\n## A\n\ntext"),
+            md("# Title\n\n(row-a)=\n(row-b)=\nThe verdicts."),
+            code('claim("row-a", "holds", {"x": t > 2})\nclaim("row-b", "wrong", {"y": True})'),
+            md("```\n(fenced)=\n```\n(row-c)="),
             code("print(1)"),
-            md("### A.1\n\n```python\n# not a heading\n```"),
-            code("assert 1 + 1 == 2"),
-            md("(bare)=\nA verdict about the cell above."),
-            code("x = 1"),
-            md("## B"),
-            code("refimpl.check('b', 1.0, 1.0)"),
+            code('refimpl.claim("row-c", "not shown", {"z": r.verdict == "n"})', count=None),
+            md("(speed)="),
             code("# NBVAL_IGNORE_OUTPUT\nstart = time.perf_counter()"),
         ]
     }
     path = tmp_path / "nb.ipynb"
     path.write_text(json.dumps(nb))
-    assert section_code(path, "sec-a") == [(False, False), (True, False)]  # A.1 is inside A
-    assert section_code(path, "a1") == [(True, False)]
-    assert section_code(path, "bare") == [(False, False)]  # ends at the heading B
-    assert section_code(path, "b") == [(True, False), (False, True)]
-    assert section_code(path, "missing") == []
+    claims, timings = notebook_evidence([path])
+    got = {c.label: (c.verdict, c.labels_above, c.checks_computed, c.executed) for c in claims}
+    assert got == {
+        "row-a": ("holds", ["row-a", "row-b"], True, True),
+        "row-b": ("wrong", ["row-a", "row-b"], False, True),  # a literal check is not evidence
+        "row-c": ("not shown", [], True, False),  # its label is above another cell
+    }
+    assert [t.labels_above for t in timings] == [["speed"]]

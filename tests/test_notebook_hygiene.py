@@ -94,8 +94,9 @@ def test_no_volatile_text(path):
 
 
 def _asserts(src: str) -> bool:
-    """Whether a cell asserts something: an `assert` statement or a `check(...)` /
-    `check_table(...)` call (both raise beyond tolerance)."""
+    """Whether a cell asserts something: an `assert` statement, a `check(...)` /
+    `check_table(...)` call (both raise beyond tolerance), or a `paired_verdict(...)` /
+    `claim(...)` call (both raise when the verdict they state no longer holds)."""
     tree = ast.parse(src)
     for node in ast.walk(tree):
         if isinstance(node, ast.Assert):
@@ -103,7 +104,7 @@ def _asserts(src: str) -> bool:
         if isinstance(node, ast.Call):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if name in {"check", "check_table"}:
+            if name in {"check", "check_table", "paired_verdict", "claim"}:
                 return True
     return False
 

@@ -78,8 +78,8 @@ def test_paired_comparison_by_hand():
     sd = math.sqrt(sum((v - mean) ** 2 for v in d) / 2)
     assert r.mean == pytest.approx(mean)
     assert r.stderr == pytest.approx(sd / math.sqrt(3))
-    assert r.cutoff == 4.30
-    assert r.verdict == "within noise"  # t = 2.0 < 4.30
+    assert r.cutoff == 4.303
+    assert r.verdict == "difference not shown"  # t = 2.0 < 4.303
     assert paired_comparison([1, 2, 3], [0, 1, 2.1], ("A", "B")).verdict == "A better"
     assert paired_comparison([0, 1, 2.1], [1, 2, 3], ("A", "B")).verdict == "B better"
     with pytest.raises(ValueError):
