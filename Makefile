@@ -70,7 +70,7 @@ nbval-replication: $(STAMP)
 # Not part of `make test`: executes the notebooks (NB=...) under each seed offset without
 # comparing outputs, and reports every cell that raises (a verdict that did not replicate).
 seed-sweep: $(STAMP)
-	$(BIN)/python scripts/seed_sweep.py --offsets $(OFFSETS) $(NB)
+	$(BIN)/python scripts/seed_sweep.py --offsets "$(OFFSETS)" $(NB)
 
 site-check: $(STAMP)
 	$(BIN)/python -m pytest $(XDIST) -q tests/site
