@@ -248,7 +248,7 @@ def claim(label: str, verdict: str, checks: Mapping[str, bool]) -> None:
     """Assert every named check behind one ledger row, then print the row's verdict.
 
     ``label`` is the row's label (the row links it; the label sits right above this
-    cell), ``verdict`` one of :data:`LEDGER_VERDICTS`, ``checks`` what the verdict rests
+    cell), ``verdict`` one of ``LEDGER_VERDICTS``, ``checks`` what the verdict rests
     on, each a bool computed in the cell. Raises :class:`ClaimFailed` naming the checks
     that are false.
 
