@@ -56,11 +56,19 @@ T_CUTOFF_95 = {
 
 
 class VerdictChanged(AssertionError):
-    """A paired comparison no longer gives the verdict the book states."""
+    """A paired comparison no longer gives the verdict the book states.
+
+    >>> issubclass(VerdictChanged, AssertionError)  # a failed verdict fails like an assert
+    True
+    """
 
 
 class ClaimFailed(AssertionError):
-    """A check behind a ledger row's verdict is false."""
+    """A check behind a ledger row's verdict is false.
+
+    >>> issubclass(ClaimFailed, AssertionError)  # nbval reports it as a failed cell
+    True
+    """
 
 
 def seed_offset() -> int:
