@@ -40,6 +40,8 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from refimpl import functional as _refimpl_functional
 from refimpl import nn as _refimpl_nn
+from refimpl.distributed import SyncBatchNorm as _RefimplSyncBatchNorm
+from refimpl.ghost_norm import GhostBatchNorm as _GhostBatchNorm
 
 __all__ = [
     "FusionError",
@@ -362,6 +364,17 @@ def _is_batch_norm(module) -> bool:
     return isinstance(module, (_TorchBatchNorm, _refimpl_nn._BatchNorm))
 
 
+# The forwards that are, in eval mode with running statistics, the per-channel affine map
+# the fold reproduces (SyncBatchNorm and ghost BN synchronize or split only in training).
+_EVAL_AFFINE_FORWARDS = {
+    _TorchBatchNorm.forward,
+    torch.nn.SyncBatchNorm.forward,
+    _refimpl_nn._BatchNorm.forward,
+    _RefimplSyncBatchNorm.forward,
+    _GhostBatchNorm.forward,
+}
+
+
 def _is_bn_like(module) -> bool:
     """Any batch norm module, foldable or not (masked, per-step, Keras-style, frozen)."""
     return _is_batch_norm(module) or "batchnorm" in type(module).__name__.lower()
@@ -604,9 +617,10 @@ def fuse_model(model: Module, example_input=None) -> tuple[fx.GraphModule, Fusio
     every batch norm module (torch's, refimpl's, and any other class named ``*BatchNorm*``)
     as one call. A pair ``bn(layer(x))`` is folded when ``layer`` is a ``Conv*``,
     ``ConvTranspose*`` or ``Linear`` module whose output has no other user, both modules
-    are called once in the graph, the BN is a torch or refimpl ``_BatchNorm`` in eval mode
-    with running statistics, their feature counts match, and BN's channel axis (axis 1)
-    is provably the layer's output-channel axis:
+    are called once in the graph, the BN is a torch or refimpl ``_BatchNorm`` (with its
+    class's own ``forward``, not an override) in eval mode with running statistics, their
+    feature counts match, and BN's channel axis (axis 1) is provably the layer's
+    output-channel axis:
 
     - a batched conv output ``(N, C, *spatial)`` has its channels on axis 1, an unbatched
       one ``(C, *spatial)`` on axis 0; ``BatchNorm2d``/``3d`` accept only the batched
@@ -620,7 +634,9 @@ def fuse_model(model: Module, example_input=None) -> tuple[fx.GraphModule, Fusio
     through a copy of the traced graph (``torch.fx.passes.shape_prop.ShapeProp``) to learn
     every rank. Without it, ranks are what the module types alone prove (a ``Flatten``
     before the Linear, a BN that accepts one rank), and a pair whose axis cannot be proven
-    is refused with a reason that says to pass one. Every BN call site that is not folded
+    is refused with a reason that says to pass one. A fold proven from an example holds for
+    inputs of the example's rank: a Linear -> ``BatchNorm1d`` folded for (N, F) input is
+    not the original model on (N, L, F) input. Every BN call site that is not folded
     is in the report with its reason: functional calls (``F.batch_norm``,
     ``torch.batch_norm``, ``refimpl.functional.batch_norm``) and BN modules that the
     traced forward never calls included. Raises `FusionError` for a model in training
@@ -721,6 +737,11 @@ def _try_fold(traced, modules, calls, node, bn, layout) -> FusionEntry:
         reason = (
             f"a {type(bn).__name__}, not a batch norm fuse_model can fold (torch's and "
             "refimpl's _BatchNorm modules)"
+        )
+    elif type(bn).forward not in _EVAL_AFFINE_FORWARDS:
+        reason = (
+            f"{type(bn).__name__} overrides forward: fuse_model cannot prove that it is "
+            "batch norm's eval-mode affine map"
         )
     else:
         reason = _why_not_foldable(bn)

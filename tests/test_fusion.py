@@ -773,3 +773,34 @@ def test_refimpl_norm_layers_are_traced_as_one_call():
     assert isinstance(fused.get_submodule("1"), rnn.GroupNorm)
     x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
     assert agrees(fused, model, x)
+
+
+def test_a_batch_norm_subclass_with_its_own_forward_is_refused():
+    class Shifted(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) + 1
+
+    class Renamed(nn.BatchNorm2d):  # same forward: folds
+        pass
+
+    for bn_class, folds in ((Shifted, False), (Renamed, True)):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), bn_class(4)).double().eval()
+        fused, report = fuse_model(model)
+        assert bool(report.folded) == folds
+        if not folds:
+            assert "Shifted overrides forward" in report.entries[0].reason
+        x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(9)).double()
+        assert agrees(fused, model, x)
+
+
+def test_ghost_batch_norm_folds_in_eval():
+    from refimpl.ghost_norm import GhostBatchNorm
+
+    gen = torch.Generator().manual_seed(10)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), GhostBatchNorm(4, ghost_size=2)).double()
+    randomize_bn(model[1], gen)
+    model.eval()
+    fused, report = fuse_model(model, example_input=torch.randn(2, 3, 5, 5).double())
+    assert len(report.folded) == 1
+    x = torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64)
+    assert agrees(fused, model, x)
