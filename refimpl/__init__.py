@@ -6,15 +6,17 @@ and `refimpl.nn` mirror `torch.nn.functional` and `torch.nn`, and never call tor
 normalization kernels, so comparing the two is a real test.
 """
 
-from refimpl import (  # nn also loads recurrent and distributed
+from refimpl import (  # distributed and recurrent build on refimpl.nn's bases
     backward,
     core,
     data,
+    distributed,
     evidence,
     functional,
     fusion,
     nn,
     precise_bn,
+    recurrent,
     running_stats,
     training,
 )

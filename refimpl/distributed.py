@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from refimpl import core, functional
-from refimpl.nn import _BatchNorm
+from refimpl.nn.batchnorm import _BatchNorm
 
 __all__ = [
     "SyncBatchNorm",

@@ -23,7 +23,7 @@ from torch.nn import Module, Parameter, init
 
 from refimpl import core
 from refimpl.functional import _TorchSize
-from refimpl.nn import _NormBase, _register_affine, _register_running_stats
+from refimpl.nn.base import _NormBase, _register_affine, _register_running_stats
 
 __all__ = [
     "SequenceShapeError",

@@ -482,3 +482,325 @@ def test_fuse_model_folds_transposed_and_1d_3d_pairs():
     x = torch.randn(1, 2, 4, 4, 4, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         assert max_relative_error(fused(x), net(x)) <= 1e-12
+
+
+# --------------------------------------------------------------------------- which axis
+# A fold scales the layer's output channel o by BN's scale for channel o. BN's channel is
+# axis 1; a Linear's output features are its last axis, an unbatched conv's channels axis
+# 0. fuse_model must fold only where the two axes provably coincide.
+
+
+def trained_bn_after(layer, bn, x, steps=20):
+    """Train-mode passes over shifted, scaled batches (stats far from 0 and 1), then eval."""
+    model = nn.Sequential(layer, bn).double().train()
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for _ in range(steps):
+            model(torch.randn(x.shape, generator=gen, dtype=torch.float64) * 3 + 1)
+            if bn.affine:
+                bn.weight.add_(0.1 * torch.randn(bn.num_features, generator=gen).double())
+                bn.bias.add_(0.1 * torch.randn(bn.num_features, generator=gen).double())
+    return model.eval()
+
+
+def agrees(fused, model, x, tol=1e-12) -> bool:
+    with torch.no_grad():
+        return max_relative_error(fused(x), model(x)) <= tol
+
+
+def test_linear_then_bn1d_on_sequences_is_refused_the_trap_is_real():
+    # BatchNorm1d(L) after Linear(F, F) on (N, L, F) with L == F: the feature counts
+    # match, but BN normalizes axis 1 (L) while the Linear's features are the last axis
+    x = torch.randn(4, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = trained_bn_after(nn.Linear(6, 6), nn.BatchNorm1d(6), x)
+    with torch.no_grad():  # the fold torch's and refimpl's pair functions would make
+        wrong = fuse_linear_bn_eval(model[0], model[1])(x)
+        assert max_relative_error(wrong, model(x)) > 1e-2
+    fused, report = fuse_model(model)
+    assert not report.folded and "cannot prove" in report.entries[0].reason
+    assert "pass example_input" in report.entries[0].reason
+    fused_x, report_x = fuse_model(model, example_input=x)
+    assert not report_x.folded
+    assert "shape (4, 6, 6)" in report_x.entries[0].reason
+    assert "wrong axis" in report_x.entries[0].reason
+    assert agrees(fused, model, x) and agrees(fused_x, model, x)
+
+
+def test_linear_then_bn1d_on_matrices_folds_when_shapes_prove_it():
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    model = trained_bn_after(nn.Linear(5, 6), nn.BatchNorm1d(6), x)
+    fused, report = fuse_model(model, example_input=x)
+    assert [(e.layer, e.bn) for e in report.folded] == [("0", "1")]
+    assert agrees(fused, model, x)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in fused.modules())
+
+
+class FlattenHead(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how, self.flatten = how, nn.Flatten()
+        self.linear, self.bn = nn.Linear(12, 6), nn.BatchNorm1d(6)
+
+    def forward(self, x):
+        if self.how == "module":
+            x = self.flatten(x)
+        elif self.how == "function":
+            x = torch.flatten(torch.relu(x), 1)
+        elif self.how == "view":
+            x = x.view(x.size(0), -1)
+        else:  # "unknown": a reshape whose rank the types do not show
+            x = x.reshape(x.shape[:-3] + (12,))
+        return self.bn(self.linear(x))
+
+
+@pytest.mark.parametrize("how", ["module", "function", "view", "unknown"])
+def test_a_flatten_before_the_linear_proves_the_fold_without_an_example(how):
+    gen = torch.Generator().manual_seed(2)
+    model = FlattenHead(how).double()
+    randomize_bn(model.bn, gen)
+    model.eval()
+    x = torch.randn(5, 3, 2, 2, generator=gen, dtype=torch.float64)
+    fused, report = fuse_model(model)
+    assert agrees(fused, model, x)
+    if how == "unknown":
+        assert not report.folded and "cannot prove" in report.entries[0].reason
+        fused, report = fuse_model(model, example_input=x)  # the shapes prove it
+        assert agrees(fused, model, x)
+    assert [(e.layer, e.bn) for e in report.folded] == [("linear", "bn")]
+
+
+def test_one_feature_bn_after_a_linear_folds_on_any_rank():
+    # one scale and shift for every element: which axis it sits on does not matter
+    x = torch.randn(7, 1, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    model = trained_bn_after(nn.Linear(5, 6), nn.BatchNorm1d(1), x)
+    fused, report = fuse_model(model)
+    assert len(report.folded) == 1 and agrees(fused, model, x)
+
+
+def test_unbatched_conv1d_then_bn1d_is_refused():
+    # Conv1d on unbatched (C, L) input gives (C_out, L): channels on axis 0; BatchNorm1d
+    # accepts that 2-D tensor as (N, C) and normalizes axis 1 (L)
+    gen = torch.Generator().manual_seed(4)
+    unbatched = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    batched = torch.randn(3, 4, 4, generator=gen, dtype=torch.float64)
+    model = trained_bn_after(nn.Conv1d(4, 4, 1), nn.BatchNorm1d(4), batched)
+    with torch.no_grad():
+        wrong = fuse_conv_bn_eval(model[0], model[1])(unbatched)
+        assert max_relative_error(wrong, model(unbatched)) > 1e-2
+    fused, report = fuse_model(model)
+    assert not report.folded and "cannot prove that 0 sees batched input" in str(report)
+    assert agrees(fused, model, unbatched) and agrees(fused, model, batched)
+    fused, report = fuse_model(model, example_input=unbatched)
+    assert not report.folded and "(shape (4, 4)) is unbatched" in str(report)
+    fused, report = fuse_model(model, example_input=batched)
+    assert len(report.folded) == 1 and agrees(fused, model, batched)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_conv_then_bn2d_or_3d_folds_without_an_example(dims):
+    # BatchNorm2d/3d accept only (N, C, *spatial): the conv's input was batched
+    gen = torch.Generator().manual_seed(5)
+    model = nn.Sequential(CONV[dims](3, 4, 3), BN[dims](4)).double()
+    randomize_bn(model[1], gen)
+    model.eval()
+    fused, report = fuse_model(model)
+    x = torch.randn(2, 3, *[SIZE[dims]] * dims, generator=gen, dtype=torch.float64)
+    assert len(report.folded) == 1 and agrees(fused, model, x)
+
+
+# every (model, input) pair, with and without the example: the fused model agrees
+ZOO = [
+    (lambda: nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6)), (4, 6, 6)),
+    (lambda: nn.Sequential(nn.Linear(6, 6), nn.BatchNorm1d(6)), (4, 6)),
+    (
+        lambda: nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 3), nn.BatchNorm1d(3)),
+        (2, 3, 3),
+    ),
+    (lambda: nn.Sequential(nn.Conv1d(4, 4, 3, padding=1), nn.BatchNorm1d(4)), (4, 4)),
+    (lambda: nn.Sequential(nn.Conv1d(4, 4, 3, padding=1), nn.BatchNorm1d(4)), (2, 4, 4)),
+    (lambda: nn.Sequential(nn.Conv2d(2, 3, 1), rnn.BatchNorm2d(3)), (2, 2, 3, 3)),
+    (lambda: nn.Sequential(nn.Linear(5, 5), rnn.BatchNorm1d(5)), (3, 5, 5)),
+    (lambda: nn.Sequential(nn.Linear(5, 4), rnn.BatchNorm1d(4)), (3, 5)),
+]
+
+
+@pytest.mark.parametrize("k", range(len(ZOO)))
+@pytest.mark.parametrize("with_example", [False, True])
+def test_whatever_it_folds_agrees(k, with_example):
+    build, shape = ZOO[k]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+    model = build().double()
+    for m in model:
+        if hasattr(m, "running_mean"):
+            randomize_bn(m, torch.Generator().manual_seed(100 + k))
+    model.eval()
+    fused, report = fuse_model(model, example_input=x if with_example else None)
+    assert len(report) == 1
+    assert agrees(fused, model, x)
+    assert all(e.reason for e in report.not_folded)
+
+
+# --------------------------------------------------------------------------- what is reported
+
+
+class Functional(nn.Module):
+    """conv, then four functional batch norms (torch's two, refimpl's in two spellings)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.register_buffer("mean", torch.randn(4, generator=torch.Generator().manual_seed(0)))
+        self.register_buffer("var", torch.rand(4, generator=torch.Generator().manual_seed(1)) + 0.5)
+
+    def forward(self, x):
+        import refimpl.functional as rF
+        from refimpl.functional import batch_norm
+
+        y = torch.nn.functional.batch_norm(self.conv(x), self.mean, self.var)
+        y = torch.batch_norm(y, None, None, self.mean, self.var, False, 0.1, 1e-5, False)
+        y = rF.batch_norm(y, self.mean, self.var)
+        return batch_norm(y, self.mean, self.var)
+
+
+def test_functional_batch_norms_are_listed_with_a_reason():
+    model = Functional().double().eval()
+    fused, report = fuse_model(model)
+    assert len(report) == 4 and not report.folded
+    names = [e.reason.split(" on ")[0] for e in report]
+    assert names == [
+        "a functional call of torch.nn.functional.batch_norm",
+        "a functional call of torch.batch_norm",
+        "a functional call of refimpl.functional.batch_norm",
+        "a functional call of refimpl.functional.batch_norm",
+    ]
+    assert report.entries[0].layer == "conv"
+    assert all("folds batch norm modules only" in e.reason for e in report)
+    assert str(report).startswith("0 folded, 4 not folded")
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert agrees(fused, model, x)
+
+
+def test_refimpl_batch_norm_modules_are_traced_as_one_call_and_fold():
+    # refimpl's modules are not torch.nn's, so torch.fx would trace into them (and fail)
+    gen = torch.Generator().manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), rnn.BatchNorm2d(4), nn.ReLU(), rnn.SyncBatchNorm(4))
+    model = model.double()
+    for m in (model[1], model[3]):
+        randomize_bn(m, gen)
+    model.eval()
+    fused, report = fuse_model(model)
+    assert [(e.layer, e.bn) for e in report.folded] == [("0", "1")]
+    assert "not preceded by a conv" in report.not_folded[0].reason
+    x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    assert agrees(fused, model, x)
+
+
+def test_sync_batch_norm_after_a_conv_needs_shapes():
+    # SyncBatchNorm accepts any rank >= 2, so the conv could have seen unbatched input
+    gen = torch.Generator().manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), rnn.SyncBatchNorm(4)).double()
+    randomize_bn(model[1], gen)
+    model.eval()
+    x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    assert "cannot prove that 0 sees batched input" in str(fuse_model(model)[1])
+    fused, report = fuse_model(model, example_input=x)
+    assert len(report.folded) == 1 and agrees(fused, model, x)
+
+
+class OtherNorms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 1)
+        self.masked = rnn.MaskedBatchNorm1d(4)
+        self.unused = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.masked(self.conv(x))
+
+
+def test_other_batch_norms_and_unused_ones_are_reported():
+    fused, report = fuse_model(OtherNorms().eval())
+    reasons = {e.bn: e.reason for e in report}
+    assert not report.folded and set(reasons) == {"masked", "unused"}
+    assert "a MaskedBatchNorm1d, not a batch norm fuse_model can fold" in reasons["masked"]
+    assert reasons["unused"] == "never called by the traced forward"
+
+
+def test_example_input_the_model_cannot_run_is_an_error():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    with pytest.raises(FusionError, match="does not run on example_input"):
+        fuse_model(model, example_input=torch.randn(2, 5, 6, 6))
+
+
+def test_the_example_run_leaves_the_fused_model_alone():
+    # the shape pass runs the model once: a BN left in training mode must not count it
+    model, x = small_resnet()
+    fused, report = fuse_model(model, example_input=x)
+    assert len(report.folded) == 7 and len(report.not_folded) == 4
+    buffers = dict(fused.named_buffers())
+    for name, value in model.named_buffers():
+        if name in buffers:
+            assert torch.equal(buffers[name], value), name
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        assert max_relative_error(fused(x), reference(x)) <= 1e-12
+
+
+def test_tuple_example_input_is_the_forwards_arguments():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.bn = nn.Linear(3, 4), nn.BatchNorm1d(4)
+
+        def forward(self, a, b):
+            return self.bn(self.linear(a + b))
+
+    model = Two().eval()
+    a, b = torch.randn(5, 3), torch.randn(5, 3)
+    _, report = fuse_model(model, example_input=(a, b))
+    assert len(report.folded) == 1
+
+
+def test_refimpl_norm_layers_are_traced_as_one_call():
+    gen = torch.Generator().manual_seed(8)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), rnn.GroupNorm(2, 4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+    ).double()
+    randomize_bn(model[3], gen)
+    model.eval()
+    fused, report = fuse_model(model)
+    assert [(e.layer, e.bn) for e in report] == [("2", "3")] and report.folded
+    assert isinstance(fused.get_submodule("1"), rnn.GroupNorm)
+    x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    assert agrees(fused, model, x)
+
+
+def test_a_batch_norm_subclass_with_its_own_forward_is_refused():
+    class Shifted(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) + 1
+
+    class Renamed(nn.BatchNorm2d):  # same forward: folds
+        pass
+
+    for bn_class, folds in ((Shifted, False), (Renamed, True)):
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), bn_class(4)).double().eval()
+        fused, report = fuse_model(model)
+        assert bool(report.folded) == folds
+        if not folds:
+            assert "Shifted overrides forward" in report.entries[0].reason
+        x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(9)).double()
+        assert agrees(fused, model, x)
+
+
+def test_ghost_batch_norm_folds_in_eval():
+    from refimpl.ghost_norm import GhostBatchNorm
+
+    gen = torch.Generator().manual_seed(10)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), GhostBatchNorm(4, ghost_size=2)).double()
+    randomize_bn(model[1], gen)
+    model.eval()
+    fused, report = fuse_model(model, example_input=torch.randn(2, 3, 5, 5).double())
+    assert len(report.folded) == 1
+    x = torch.randn(2, 3, 5, 5, generator=gen, dtype=torch.float64)
+    assert agrees(fused, model, x)

@@ -23,7 +23,7 @@ from tests.notebooks import ROOT, code_cells, load, notebook_paths, source
 
 NOTEBOOKS = notebook_paths()
 IDS = [p.name for p in NOTEBOOKS]
-MODULES = sorted((ROOT / "refimpl").glob("*.py"))
+MODULES = sorted((ROOT / "refimpl").rglob("*.py"))  # refimpl/nn/ is a package
 
 
 def _normalized(name: str) -> str:
@@ -91,10 +91,13 @@ def test_notebook_imports_are_installed_by_the_colab_cell(path):
     assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
 
 
-@pytest.mark.parametrize("path", MODULES, ids=[p.name for p in MODULES])
+@pytest.mark.parametrize(
+    "path", MODULES, ids=[p.relative_to(ROOT / "refimpl").as_posix() for p in MODULES]
+)
 def test_refimpl_imports_are_dependencies_or_book_extra(path):
     problems = unprovided(top_level_imports(path.read_text(encoding="utf-8")))
-    assert not problems, f"refimpl/{path.name}:\n  " + "\n  ".join(problems)
+    where = path.relative_to(ROOT).as_posix()
+    assert not problems, f"{where}:\n  " + "\n  ".join(problems)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
