@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.stamp-install
 # about 190 MB; every notebook runs on a CPU), not PyPI's Linux wheel, which is the CUDA build
 # plus about 20 nvidia/triton wheels (about 2.7 GB). The GPU build, in a fresh .venv:
 # `make install TORCH_INDEX=` takes torch from pip's usual index (PyPI: CUDA on Linux), or
-# TORCH_INDEX=https://download.pytorch.org/whl/cu130 (another CUDA version: pytorch.org).
+# TORCH_INDEX=https://download.pytorch.org/whl/cuXXX (a CUDA version pytorch.org lists).
 # If the index cannot be reached within 5 s (this project's CI machines reach only PyPI and
 # keep the CPU wheel in a local --find-links directory), a torch wheel from pip's find-links is
 # installed; without one the install stops and says what to set. Only torch comes from this
@@ -49,7 +49,7 @@ $(BOOK_STAMP): requirements-book.txt constraints.txt pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	@if [ -z "$(TORCH_INDEX)" ]; then \
 		echo "torch: from pip's configured index (TORCH_INDEX is empty)"; \
-	elif $(PIP) show torch 2>/dev/null | grep -qx 'Version: $(TORCH_VERSION)\(+.*\)\?'; then \
+	elif $(PIP) show torch 2>/dev/null | grep -qE '^Version: $(TORCH_VERSION)(\+.*)?$$'; then \
 		echo "torch: $(TORCH_PIN) is installed ($$($(PIP) show torch | sed -n 's/^Version: //p'))"; \
 	elif $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
 			"$(TORCH_INDEX)/torch/" 2>/dev/null; then \
