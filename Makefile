@@ -58,9 +58,9 @@ $(BOOK_STAMP): requirements-book.txt constraints.txt pyproject.toml
 	else \
 		echo "torch: $(TORCH_INDEX) cannot be reached; looking for a local wheel (pip's find-links)"; \
 		$(PIP) install --quiet --no-deps --no-index "$(TORCH_PIN)" || { \
-			echo "No torch wheel: make TORCH_INDEX cover a reachable index (a mirror of"; \
-			echo "$(TORCH_INDEX)), or set TORCH_INDEX= to take torch from PyPI (on Linux the"; \
-			echo "CUDA build, about 2.7 GB)."; exit 1; }; \
+			echo "No torch wheel. Set TORCH_INDEX to a reachable mirror of $(TORCH_INDEX),"; \
+			echo "or TORCH_INDEX= to take torch from PyPI (on Linux the CUDA build, about 2.7 GB)."; \
+			exit 1; }; \
 	fi
 	$(PIP) install --quiet -r requirements-book.txt -c constraints.txt
 	$(PIP) install --quiet --no-deps -e .
