@@ -20,6 +20,15 @@ STAMP  := $(VENV)/.stamp-install
 # installed; without one the install stops and says what to set. Only torch comes from this
 # index (--no-deps); its dependencies and everything else come from PyPI, pinned.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Exits 0 if the index answers within 5 s, else prints why (DNS, refused, TLS, timeout).
+define TORCH_INDEX_PROBE
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=5).close()
+except Exception as e:
+    sys.exit(str(getattr(e, "reason", e)))
+endef
+export TORCH_INDEX_PROBE
 TORCH_PIN   := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-book.txt)
 TORCH_VERSION := $(patsubst torch==%,%,$(TORCH_PIN))
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
@@ -51,12 +60,12 @@ $(BOOK_STAMP): requirements-book.txt constraints.txt pyproject.toml
 		echo "torch: from pip's configured index (TORCH_INDEX is empty)"; \
 	elif $(PIP) show torch 2>/dev/null | grep -qE '^Version: $(TORCH_VERSION)(\+.*)?$$'; then \
 		echo "torch: $(TORCH_PIN) is installed ($$($(PIP) show torch | sed -n 's/^Version: //p'))"; \
-	elif $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
-			"$(TORCH_INDEX)/torch/" 2>/dev/null; then \
+	elif why=$$($(BIN)/python -c "$$TORCH_INDEX_PROBE" "$(TORCH_INDEX)/torch/" 2>&1); then \
 		echo "torch: $(TORCH_PIN) from $(TORCH_INDEX)"; \
 		$(PIP) install --quiet --no-deps --index-url "$(TORCH_INDEX)" "$(TORCH_PIN)" || exit 1; \
 	else \
-		echo "torch: $(TORCH_INDEX) cannot be reached; looking for a local wheel (pip's find-links)"; \
+		echo "torch: $(TORCH_INDEX) cannot be reached ($$why);"; \
+		echo "  looking for a local torch wheel (pip's find-links)"; \
 		$(PIP) install --quiet --no-deps --no-index "$(TORCH_PIN)" || { \
 			echo "No torch wheel. Set TORCH_INDEX to a reachable mirror of $(TORCH_INDEX),"; \
 			echo "or TORCH_INDEX= to take torch from PyPI (on Linux the CUDA build, about 2.7 GB)."; \
