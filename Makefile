@@ -1,5 +1,5 @@
 # All about Norm: `make book` builds the site, `make test` runs every check.
-# Both create .venv and install the pinned environment on first use.
+# Both create .venv on first use: `make book` installs what the site build needs, `make test` the rest.
 
 # Python 3.11 or newer; where `python3` is older: `make PYTHON=python3.11 book`.
 PYTHON ?= python3
