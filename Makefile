@@ -1,10 +1,36 @@
 # All about Norm: `make book` builds the site, `make test` runs every check.
-# Both create .venv and install the pinned environment on first use.
+# Both create .venv on first use: `make book` installs what the site build needs, `make test` the rest.
 
+# Python 3.11 or newer; where `python3` is older: `make PYTHON=python3.11 book`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# Two stages: .stamp-book once the site build's environment is installed (requirements-book.txt),
+# .stamp-install once everything `make test` needs is (requirements.txt, which includes it).
+BOOK_STAMP := $(VENV)/.stamp-book
 STAMP  := $(VENV)/.stamp-install
+# Where torch comes from. By default PyTorch's CPU index: the CPU wheel (torch 2.13.0+cpu,
+# about 190 MB; every notebook runs on a CPU), not PyPI's Linux wheel, which is the CUDA build
+# plus about 20 nvidia/triton wheels (about 2.7 GB). The GPU build, in a fresh .venv:
+# `make install TORCH_INDEX=` takes torch from pip's usual index (PyPI: CUDA on Linux), or
+# TORCH_INDEX=https://download.pytorch.org/whl/cuXXX (a CUDA version pytorch.org lists).
+# If the index cannot be reached within 5 s (this project's CI machines reach only PyPI and
+# keep the CPU wheel in a local --find-links directory), a torch wheel from pip's find-links is
+# installed; without one the install stops and says what to set. Only torch comes from this
+# index (--no-deps); its dependencies and everything else come from PyPI, pinned.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Exits 0 if the index answers within 5 s, else prints why (DNS, refused, TLS, timeout).
+define TORCH_INDEX_PROBE
+import sys, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=5).close()
+except Exception as e:
+    sys.exit(str(getattr(e, "reason", e)))
+endef
+export TORCH_INDEX_PROBE
+TORCH_PIN   := $(shell sed -n 's/^\(torch==[^ ]*\).*/\1/p' requirements-book.txt)
+TORCH_VERSION := $(patsubst torch==%,%,$(TORCH_PIN))
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 PORT   ?= 8000
 # Two workers: the machine CI runs on has 2 cores.
@@ -23,15 +49,42 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+# The site build's environment: a venv, torch (TORCH_INDEX), requirements-book.txt, refimpl.
+$(BOOK_STAMP): requirements-book.txt constraints.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "$(PYTHON) is not Python 3.11 or newer ($$($(PYTHON) --version 2>&1)); run e.g."; \
+		echo "  make PYTHON=python3.11 $(or $(MAKECMDGOALS),install)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt -c constraints.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
-	$(BIN)/python -m pip check
+	$(PIP) install --quiet --upgrade pip
+	@if [ -z "$(TORCH_INDEX)" ]; then \
+		echo "torch: from pip's configured index (TORCH_INDEX is empty)"; \
+	elif $(PIP) show torch 2>/dev/null | grep -qE '^Version: $(TORCH_VERSION)(\+.*)?$$'; then \
+		echo "torch: $(TORCH_PIN) is installed ($$($(PIP) show torch | sed -n 's/^Version: //p'))"; \
+	elif why=$$($(BIN)/python -c "$$TORCH_INDEX_PROBE" "$(TORCH_INDEX)/torch/" 2>&1); then \
+		echo "torch: $(TORCH_PIN) from $(TORCH_INDEX)"; \
+		$(PIP) install --quiet --no-deps --index-url "$(TORCH_INDEX)" "$(TORCH_PIN)" || exit 1; \
+	else \
+		echo "torch: $(TORCH_INDEX) cannot be reached ($$why);"; \
+		echo "  looking for a local torch wheel (pip's find-links)"; \
+		$(PIP) install --quiet --no-deps --no-index "$(TORCH_PIN)" || { \
+			echo "No torch wheel. Set TORCH_INDEX to a reachable mirror of $(TORCH_INDEX),"; \
+			echo "or TORCH_INDEX= to take torch from PyPI (on Linux the CUDA build, about 2.7 GB)."; \
+			exit 1; }; \
+	fi
+	$(PIP) install --quiet -r requirements-book.txt -c constraints.txt
+	$(PIP) install --quiet --no-deps -e .
+	$(PIP) check
+	@$(PIP) show torch | sed -n 's/^Version: /torch installed: /p'
 	touch $@
 
-book: $(STAMP)
+# Everything else `make test` needs.
+$(STAMP): $(BOOK_STAMP) requirements.txt
+	$(PIP) install --quiet -r requirements.txt -c constraints.txt
+	$(PIP) check
+	touch $@
+
+# Needs only the site build's environment (make test installs the rest first).
+book: $(BOOK_STAMP)
 	rm -rf _build/html _build/.doctrees
 	$(BIN)/jupyter-book build . -W -n --keep-going
 
