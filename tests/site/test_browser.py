@@ -157,3 +157,40 @@ def test_page_in_browser(page, browser, site_url, html_dir):
     context.close()
 
     assert not problems, f"{page}:\n  " + "\n  ".join(problems)
+
+
+# Every table of the claims ledger, as laid out: the table's width against its box, and for
+# each row whether its claim, verdict and evidence cells lie inside the viewport.
+LEDGER_LAYOUT_JS = """
+() => {
+  const width = document.documentElement.clientWidth;
+  return Array.from(document.querySelectorAll('section#claims-ledger table')).map(t => {
+    const box = t.closest('.pst-scrollable-table-container') || t.parentElement;
+    const rows = Array.from(t.querySelectorAll('tbody tr'));
+    const hidden = rows.filter(r => Array.from(r.querySelectorAll('td')).slice(1).some(td => {
+      const b = td.getBoundingClientRect();
+      return b.width < 40 || b.left < 0 || b.right > width + 1;
+    })).length;
+    return {overflow: t.scrollWidth - box.clientWidth, rows: rows.length, hidden: hidden};
+  });
+}
+"""
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_claims_ledger_fits_desktop_and_phone(browser, site_url, width):
+    """The ledger's tables do not overflow their box, and every row's claim, verdict and
+    evidence are within the screen, at a desktop width and a phone's (390 px)."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    tab = context.new_page()
+    tab.goto(f"{site_url}/book/claims.html", wait_until="load")
+    tables = tab.evaluate(LEDGER_LAYOUT_JS)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(SCREENSHOTS / f"book__claims_{width}px.png"), full_page=False)
+    context.close()
+    assert tables, "no ledger tables found"
+    assert sum(t["rows"] for t in tables) >= 10
+    wide = [i for i, t in enumerate(tables) if t["overflow"] > 1]
+    assert not wide, f"at {width} px, ledger tables {wide} are wider than their box: {tables}"
+    cut = sum(t["hidden"] for t in tables)
+    assert not cut, f"at {width} px, {cut} ledger rows have a cell outside the screen"
