@@ -2,8 +2,8 @@
 
 Usage, from the repository root: ``python tests/colab_cell.py [NOTEBOOK ...]`` (default:
 every notebook). Idempotent: a notebook whose first code cell already is the canonical
-cell is not rewritten. Only that cell's source changes; its outputs, execution count and
-metadata are kept (nbval skips the cell, and `make notebooks` would re-run it as a no-op).
+cell is not rewritten. Only that cell's source and its `remove-cell` tag (the site hides
+it) change; its outputs, execution count and other metadata are kept (nbval skips the cell, and `make notebooks` would re-run it as a no-op).
 
 The cell installs ``refimpl[book]``: refimpl plus the packages the notebooks import
 (pyproject.toml's ``book`` extra), from the repository that _config.yml names.
@@ -35,6 +35,10 @@ if "google.colab" in sys.modules:
                     "{INSTALL_SPEC}"], check=True)"""
 
 
+# Hidden on the site (myst-nb drops the cell from the page); Colab and nbval still see it.
+SITE_TAG = "remove-cell"
+
+
 def _source(cell: dict) -> str:
     s = cell["source"]
     return s if isinstance(s, str) else "".join(s)
@@ -44,11 +48,14 @@ def rewrite(path: Path) -> bool:
     """Make the first code cell of ``path`` the canonical cell; True if the file changed."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     first = next(c for c in nb["cells"] if c["cell_type"] == "code")
-    if _source(first) == COLAB_CELL:
+    tags = first.setdefault("metadata", {}).setdefault("tags", [])
+    if _source(first) == COLAB_CELL and SITE_TAG in tags:
         return False
     if "google.colab" not in _source(first):
         raise SystemExit(f"{path}: first code cell is not a Colab install cell; not touching it")
     first["source"] = COLAB_CELL.splitlines(keepends=True)
+    if SITE_TAG not in tags:
+        tags.append(SITE_TAG)
     # The format `make notebooks` leaves (tests/strip_execution_metadata.py).
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return True

@@ -145,6 +145,14 @@ def test_skip_only_on_the_colab_install_cell(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_colab_install_cell_is_hidden_on_the_site(path):
+    """The install cell stays first in the notebook (Colab runs it) but is not shown on the
+    site, where it is noise at the top of every page (`remove-cell`, myst-nb's tag)."""
+    tags = code_cells(load(path))[0].get("metadata", {}).get("tags", [])
+    assert "remove-cell" in tags, f"{path.name}: run `python tests/colab_cell.py` to tag it"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_colab_install_url_matches_config(path):
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     url = config["repository"]["url"]
