@@ -1,6 +1,7 @@
 """The claims ledger (book/claims.md) is complete and every row points at its evidence.
 
-Each table row names a seed file, quotes a claim, gives a verdict in bold from the fixed
+Each table row names a source (a seed, by short name, cited in references.bib), quotes a
+claim in the seed's own Chinese and in translation, gives a verdict in bold from the fixed
 set, and links to the evidence: a book page, or a notebook *section or cell* (a
 notebook link carries an anchor: a heading's slug or a MyST label). Every seed appears in
 the ledger, and every row is bound to the one notebook cell that asserts *its* verdict:
@@ -25,15 +26,17 @@ from tests.test_notebook_hygiene import TIMING_CODE, TIMING_MARK
 BOOK = ROOT / "book"
 LEDGER = BOOK / "claims.md"
 VERDICTS = {"holds", "wrong", "half right", "not shown"}
-# The five source articles (DESIGN.md); they live outside the repository (shared/seeds/),
-# so their names are listed here and compared with that folder when it is present.
-SEEDS = {
-    "000_2c606b915d172366.txt",
-    "001_92237ed85e521a1f.txt",
-    "002_efd2d21cc74e33d9.txt",
-    "003_61c2397c455563fd.txt",
-    "004_f6a927ca99edbfe8.txt",
+# The five source articles (DESIGN.md), by the short name the ledger's first column uses.
+# The files live outside the repository (shared/seeds/); the ledger cites each in
+# references.bib, and the tests below compare them with that folder when it is present.
+SOURCES = {
+    "ScienceNet blog": "000_2c606b915d172366.txt",
+    "x-jeff's notes": "001_92237ed85e521a1f.txt",
+    "d2l repost": "002_efd2d21cc74e33d9.txt",
+    "Zhihu answers": "003_61c2397c455563fd.txt",
+    "BN's role": "004_f6a927ca99edbfe8.txt",
 }
+SEEDS = set(SOURCES.values())
 SEED_DIRS = [base / "shared" / "seeds" for base in (ROOT, ROOT.parent, ROOT.parent.parent)]
 
 MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -55,7 +58,7 @@ def ledger_rows() -> list[tuple[int, list[str]]]:
         if not line.lstrip().startswith("|"):
             continue
         row = cells(line)
-        if row[0] == "seed" or all(re.fullmatch(r":?-{3,}:?", c) for c in row):
+        if row[0] == "source" or all(re.fullmatch(r":?-{3,}:?", c) for c in row):
             continue
         rows.append((number, row))
     return rows
@@ -97,17 +100,39 @@ def test_the_ledger_has_rows():
 
 @pytest.mark.parametrize("row", [r for _, r in ROWS], ids=IDS)
 def test_row_shape_seed_and_verdict(row):
-    assert len(row) == 4, f"a row has 4 cells (seed | claim | verdict | evidence), got {row}"
-    seed, claim, verdict, _ = row
-    assert re.fullmatch(r"`\d{3}_[0-9a-f]{16}\.txt`", seed), f"seed cell {seed!r}"
-    assert seed.strip("`") in SEEDS, f"unknown seed file {seed}"
-    assert claim.startswith('"') or claim.startswith("“"), f"the claim is quoted: {claim[:60]}"
+    assert len(row) == 4, f"a row has 4 cells (source | claim | verdict | evidence), got {row}"
+    source, claim, verdict, _ = row
+    assert source in SOURCES, f"unknown source {source!r}: one of {sorted(SOURCES)}"
+    chinese, sep, english = claim.partition("<br>")
+    assert sep and chinese.startswith("“") and chinese.endswith("”"), (
+        f"the claim cell starts with the seed's own words in “…”, then <br>: {claim[:60]}"
+    )
+    assert english.startswith('"'), f"then the translation, quoted: {english[:60]}"
     bold = re.match(r"\*\*([^*]+)\*\*", verdict)
     assert bold and bold.group(1) in VERDICTS, (
         f"verdict must start with one of {sorted(VERDICTS)} in bold: {verdict[:60]!r}"
     )
     why = verdict[bold.end() :].strip(" :;,.-—")
     assert len(why.split()) >= 3, f"the verdict needs a one-sentence why: {verdict!r}"
+
+
+def _seed_folder() -> Path | None:
+    return next((f for f in SEED_DIRS if f.is_dir()), None)
+
+
+@pytest.mark.parametrize("row", [r for _, r in ROWS], ids=IDS)
+def test_the_chinese_quote_is_the_seeds_own_words(row):
+    """A reader of the original can find every quoted piece in the seed, verbatim: the
+    pieces between omission marks ([...], ……) and between two quoted passages (”;“)."""
+    folder = _seed_folder()
+    if folder is None:
+        pytest.skip("no shared/seeds folder next to the repository")
+    # whitespace (line breaks, no-break spaces) is compared collapsed: a table row is one line
+    text = " ".join((folder / SOURCES[row[0]]).read_text(encoding="utf-8").split())
+    chinese = row[1].partition("<br>")[0].removeprefix("“").removesuffix("”")
+    pieces = re.split(r"\[\.\.\.\]|……|”;“", chinese.replace("\\|", "|").replace("\\$", "$"))
+    missing = [p for p in (" ".join(x.split()) for x in pieces) if p and p not in text]
+    assert not missing, f"not in {SOURCES[row[0]]}: {missing}"
 
 
 @pytest.mark.parametrize("row", [r for _, r in ROWS], ids=IDS)
@@ -130,21 +155,22 @@ def test_row_links_to_its_evidence(row):
 
 
 def test_the_seed_list_matches_the_seed_folder():
-    for folder in SEED_DIRS:
-        if folder.is_dir():
-            assert {p.name for p in folder.glob("*.txt")} == SEEDS
-            return
-    pytest.skip("no shared/seeds folder next to the repository")
+    folder = _seed_folder()
+    if folder is None:
+        pytest.skip("no shared/seeds folder next to the repository")
+    assert {p.name for p in folder.glob("*.txt")} == SEEDS
 
 
-@pytest.mark.xfail(
-    condition=not (BOOK / "ch04_rnn.md").exists(),
-    reason="seed 003 (BN in RNNs) is checked by chapter 4, not yet in this tree",
-    strict=True,
-)
-def test_every_seed_is_in_the_ledger():
-    named = {row[0].strip("`") for _, row in ROWS}
-    assert SEEDS <= named, f"seeds with no row in the ledger: {sorted(SEEDS - named)}"
+def test_every_source_is_in_the_ledger_and_cited():
+    named = {row[0] for _, row in ROWS}
+    assert set(SOURCES) <= named, f"sources with no row: {sorted(set(SOURCES) - named)}"
+    text = LEDGER.read_text(encoding="utf-8")
+    bib = (BOOK / "references.bib").read_text(encoding="utf-8")
+    for name, seed in SOURCES.items():
+        key = f"seed{seed[:3]}"
+        assert re.search(rf"@misc\{{{key},", bib), f"{name}: no @misc{{{key}, ...}} in references.bib"
+        assert f"{{cite}}`{key}`" in text, f"{name}: the ledger's source list does not cite {key}"
+    assert "shared/" not in text, "the site never names a folder that is not in the repository"
 
 
 FENCE = re.compile(r"^\s*(`{3,}|~{3,})")
