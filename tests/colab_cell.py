@@ -3,7 +3,8 @@
 Usage, from the repository root: ``python tests/colab_cell.py [NOTEBOOK ...]`` (default:
 every notebook). Idempotent: a notebook whose first code cell already is the canonical
 cell is not rewritten. Only that cell's source and its `remove-cell` tag (the site hides
-it) change; its outputs, execution count and other metadata are kept (nbval skips the cell, and `make notebooks` would re-run it as a no-op).
+it) change; its outputs, execution count and other metadata are kept (nbval skips the
+cell, and `make notebooks` would re-run it as a no-op).
 
 The cell installs ``refimpl[book]``: refimpl plus the packages the notebooks import
 (pyproject.toml's ``book`` extra), from the repository that _config.yml names.

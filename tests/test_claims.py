@@ -168,7 +168,7 @@ def test_every_source_is_in_the_ledger_and_cited():
     bib = (BOOK / "references.bib").read_text(encoding="utf-8")
     for name, seed in SOURCES.items():
         key = f"seed{seed[:3]}"
-        assert re.search(rf"@misc\{{{key},", bib), f"{name}: no @misc{{{key}, ...}} in references.bib"
+        assert re.search(rf"@misc\{{{key},", bib), f"{name}: no @misc{{{key}, ...}} in the bib"
         assert f"{{cite}}`{key}`" in text, f"{name}: the ledger's source list does not cite {key}"
     assert "shared/" not in text, "the site never names a folder that is not in the repository"
 
