@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ __all__ = [
 SEED_OFFSET_VARIABLE = "REFIMPL_SEED_OFFSET"
 LEDGER_VERDICTS = ("holds", "wrong", "half right", "not shown")
 NOT_SHOWN = "difference not shown"
+PRINT_WIDTH = 76  # the site's code column at 1280 px
 
 # Two-sided 5% Student t cutoffs by number of pairs n (n - 1 degrees of freedom), to three
 # decimals (tests/test_evidence.py recomputes them with SciPy).
@@ -225,7 +227,8 @@ def paired_verdict(
     ... except VerdictChanged as e:
     ...     print("raised")
     demo: BN - plain, 3 paired seeds
-      mean difference +0.037, t_paired = +0.536 (cutoff 4.303): difference not shown
+      mean difference +0.037, t_paired = +0.536 (cutoff 4.303):
+        difference not shown
     raised
     """
     expected = (expect,) if isinstance(expect, str) else tuple(expect)
@@ -239,17 +242,35 @@ def paired_verdict(
     what = f", {metric}" if metric else ""
     direction = ", lower is better" if lower_is_better else ""
     family_note = f", Bonferroni over {family} tests" if family > 1 else ""
-    print(f"{name}: {names[0]} - {names[1]}{what}{direction}, {r.n} paired seeds{family_note}")
-    print(
-        f"  mean difference {r.mean:+.3f}, t_paired = {r.t:+.3f} "
-        f"(cutoff {r.cutoff:.3f}): {r.verdict}"
+    # wrapped to the site's code column (76 characters), continuation lines indented
+    header = f"{name}: {names[0]} - {names[1]}{what}{direction}, {r.n} paired seeds{family_note}"
+    result = (
+        f"mean difference {r.mean:+.3f}, t_paired = {r.t:+.3f} "
+        f"(cutoff {r.cutoff:.3f}): {_unbreakable(r.verdict)}"
     )
+    print(_wrap(header, first=""))
+    print(_wrap(result, first="  "))
     if r.verdict not in expected:
         raise VerdictChanged(
             f"{name}: the verdict is {r.verdict!r}, the book states {' or '.join(expected)!r} "
             f"(t_paired = {r.t:+.3f}, cutoff {r.cutoff:.3f}, {r.n} seeds)"
         )
     return r
+
+
+def _unbreakable(phrase: str) -> str:
+    return phrase.replace(" ", "\u00a0")  # textwrap breaks at ASCII spaces only
+
+
+def _wrap(text: str, first: str) -> str:
+    return textwrap.fill(
+        text,
+        PRINT_WIDTH,
+        initial_indent=first,
+        subsequent_indent="    ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    ).replace("\u00a0", " ")
 
 
 def claim(label: str, verdict: str, checks: Mapping[str, bool]) -> None:
@@ -283,4 +304,4 @@ def claim(label: str, verdict: str, checks: Mapping[str, bool]) -> None:
         )
     print(f"ledger row {label}: {verdict}")
     for what in checks:
-        print(f"  [x] {what}")
+        print(_wrap(f"[x] {what}", first="  "))
