@@ -1,8 +1,9 @@
 """A real browser reads every page: headless Chromium, served from 127.0.0.1.
 
 Fails on JavaScript errors (console errors and uncaught exceptions), failed requests,
-broken images, broken internal links (missing pages or anchors), unrendered math and
-a number of visible search boxes other than one,
+broken images, broken internal links (missing pages or anchors), unrendered math,
+a number of visible search boxes other than one, and, at 1280 px, on any code block,
+output, table, displayed equation or API signature wider than its box (tests/site/layout.py),
 and saves a screenshot of every page under _build/screenshots/.
 
 Without Chromium the check is skipped with a message; with CI=true it is never skipped.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.site.layout import CODE_COLUMNS_JS, OVERFLOW_JS
 from tests.site.pages import ROOT, html_pages
 
 SCREENSHOTS = ROOT / "_build" / "screenshots"
@@ -136,6 +138,12 @@ def test_page_in_browser(page, browser, site_url, html_dir):
     if search_boxes != 1:
         problems.append(f"{search_boxes} visible search boxes, not exactly one")
 
+    # Nothing a reader must read is cut off or scrolls sideways at 1280 px (a printed line is
+    # measured unwrapped: layout.css wraps one for readers, but it is still too long).
+    for block in tab.evaluate(OVERFLOW_JS):
+        problems.append(f"{block['kind']} wider than its box by {block['over']} px "
+                        f"({block['length']} chars): {block['line'][:60]!r}")
+
     for src in tab.evaluate(IMAGES_JS):
         problems.append(f"broken image: {src}")
 
@@ -194,3 +202,51 @@ def test_claims_ledger_fits_desktop_and_phone(browser, site_url, width):
     assert not wide, f"at {width} px, ledger tables {wide} are wider than their box: {tables}"
     cut = sum(t["hidden"] for t in tables)
     assert not cut, f"at {width} px, {cut} ledger rows have a cell outside the screen"
+
+
+# The notebooks are written to 100 columns of code and printed output.
+MIN_CODE_COLUMNS = 100
+
+
+@pytest.mark.parametrize("width", [1280, 1700])
+def test_code_column_holds_100_characters(browser, site_url, width):
+    """A notebook's code box holds at least 100 monospace characters at 1280 px (contents in
+    a drawer) and at 1700 px (contents beside the article), and prose keeps its measure."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    tab = context.new_page()
+    tab.goto(f"{site_url}/notebooks/05_bn_ln_by_hand.html", wait_until="load")
+    columns = tab.evaluate(CODE_COLUMNS_JS)
+    prose = tab.evaluate("() => document.querySelector('.bd-article section > p')"
+                         ".getBoundingClientRect().width")
+    context.close()
+    assert columns["columns"] >= MIN_CODE_COLUMNS, f"at {width} px: {columns}"
+    assert prose <= 46 * 16 + 1, f"at {width} px a paragraph is {prose} px wide (cap 46rem)"
+
+
+def test_page_contents_open_as_a_drawer_at_1280(browser, site_url):
+    """At 1280 px the page's contents are not beside the article but one click away."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.goto(f"{site_url}/notebooks/05_bn_ln_by_hand.html", wait_until="load")
+    tab.click("button.secondary-toggle")
+    tab.wait_for_timeout(300)
+    drawer = tab.evaluate("""() => {
+      const d = document.getElementById('pst-secondary-sidebar-modal');
+      const box = d.getBoundingClientRect();
+      return {open: d.open, left: box.left, right: box.right,
+              links: d.querySelectorAll('nav.page-toc a').length};
+    }""")
+    context.close()
+    assert drawer["open"] and drawer["links"] >= 3, drawer
+    assert 0 < drawer["left"] and drawer["right"] <= 1281, drawer
+
+
+@pytest.mark.parametrize("page", [p for p in html_pages() if p != "index.html"])
+def test_phone_page_does_not_scroll_sideways(browser, site_url, page):
+    """At 390 px the page itself is no wider than the screen (wide code scrolls in its box)."""
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    tab = context.new_page()
+    tab.goto(f"{site_url}/{page}", wait_until="load")
+    width = tab.evaluate("() => document.documentElement.scrollWidth")
+    context.close()
+    assert width <= 390, f"{page}: at 390 px the page is {width} px wide"
