@@ -3,7 +3,8 @@
 Fails on JavaScript errors (console errors and uncaught exceptions), failed requests,
 broken images, broken internal links (missing pages or anchors), unrendered math,
 a number of visible search boxes other than one, and, at 1280 px, on any code block,
-output, table, displayed equation or API signature wider than its box (tests/site/layout.py),
+output, table, displayed equation or API signature wider than its box and on any notebook
+figure whose smallest text is shown under 9 px (tests/site/layout.py),
 and saves a screenshot of every page under _build/screenshots/.
 
 Without Chromium the check is skipped with a message; with CI=true it is never skipped.
@@ -19,7 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.site.layout import CODE_COLUMNS_JS, OVERFLOW_JS
+from tests.site.layout import (
+    CODE_COLUMNS_JS,
+    FIGURES_JS,
+    MIN_FIGURE_TEXT_PX,
+    OVERFLOW_JS,
+    figure_text_px,
+    notebook_figures,
+)
 from tests.site.pages import ROOT, html_pages
 
 SCREENSHOTS = ROOT / "_build" / "screenshots"
@@ -143,6 +151,22 @@ def test_page_in_browser(page, browser, site_url, html_dir):
     for block in tab.evaluate(OVERFLOW_JS):
         problems.append(f"{block['kind']} wider than its box by {block['over']} px "
                         f"({block['length']} chars): {block['line'][:60]!r}")
+
+    # Every figure of a notebook is shown at a scale where its smallest text (the smallest
+    # font size its cell asks for, at the dpi the PNG records) is at least 9 px.
+    if page.startswith("notebooks/"):
+        shown = tab.evaluate(FIGURES_JS)
+        figures = notebook_figures(ROOT / page.replace(".html", ".ipynb"))
+        if len(shown) != len(figures):
+            problems.append(f"{len(shown)} figures on the page, {len(figures)} in the notebook")
+        else:
+            for figure, box in zip(figures, shown, strict=True):
+                px = figure_text_px(figure, box)
+                if px < MIN_FIGURE_TEXT_PX:
+                    problems.append(
+                        f"figure of cell {figure['cell']}: {figure['font_pt']:g}-pt text shown "
+                        f"at {px:.1f} px ({box['shown']:.0f} of {box['natural']} px wide), "
+                        f"under {MIN_FIGURE_TEXT_PX:g} px")
 
     for src in tab.evaluate(IMAGES_JS):
         problems.append(f"broken image: {src}")
