@@ -37,3 +37,48 @@ def test_favicon_ico_at_the_root(html_dir):
     in two runs, depending on whether the request lands before the redirect)."""
     icon = html_dir / "favicon.ico"
     assert icon.is_file() and icon.read_bytes()[:4] == b"\0\0\1\0", "no favicon.ico at the root"
+
+
+def _chapters() -> dict[str, int]:
+    """Each toc page's chapter: the K of the `book/chKK_*` entry it sits under (or is), else 0."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    chapter_of: dict[str, int] = {}
+
+    def walk(node, chapter):
+        if isinstance(node, list):
+            for item in node:
+                walk(item, chapter)
+        elif isinstance(node, dict):
+            if "file" in node:
+                match = re.fullmatch(r"book/ch(\d+)_.*", node["file"])
+                chapter = int(match.group(1)) if match else chapter
+                chapter_of[node["file"]] = chapter
+            for key in ("sections", "chapters", "parts"):
+                walk(node.get(key, []), chapter)
+
+    walk(toc.get("parts", toc.get("chapters", [])), 0)
+    return chapter_of
+
+
+def test_exercises_are_numbered_per_chapter(html_dir):
+    """Exercises read "Exercise K.n": K the page's chapter, n counting from 1 through the
+    chapter's pages in reading order; each solution names its exercise's number."""
+    chapters = _chapters()
+    expected_next: dict[int, int] = {}
+    seen = 0
+    for entry in toc_files():
+        html = (html_dir / f"{entry}.html").read_text(encoding="utf-8")
+        if entry.startswith("book/ch"):
+            k = chapters[entry]
+            title = re.search(r"<h1>(.*?)<", html, re.S).group(1)
+            assert title.startswith(f"Chapter {k} "), f"{entry}: title {title!r}, chapter {k}"
+        numbers = re.findall(r'<span class="caption-number">Exercise ([0-9.]+) </span>', html)
+        solutions = re.findall(r"Solution to<a [^>]*> Exercise ([0-9.]+)</a>", html)
+        k = chapters.get(entry, 0)
+        for number in numbers:
+            n = expected_next.get(k, 1)
+            assert number == f"{k}.{n}", f"{entry}: Exercise {number}, expected {k}.{n}"
+            expected_next[k] = n + 1
+        assert set(solutions) <= set(numbers), f"{entry}: solutions {solutions} vs {numbers}"
+        seen += len(numbers)
+    assert seen >= 20, f"only {seen} numbered exercises found"
