@@ -274,3 +274,49 @@ def test_phone_page_does_not_scroll_sideways(browser, site_url, page):
     width = tab.evaluate("() => document.documentElement.scrollWidth")
     context.close()
     assert width <= 390, f"{page}: at 390 px the page is {width} px wide"
+
+
+# TeX a reader should never see in search results: math delimiters, or a command that the
+# book's math uses (the search page shows pages as text, before MathJax typesets them).
+RAW_TEX = re.compile(r"\\[()\[\]]|\\(gamma|beta|mu|sigma|hat|frac|mathbf|times|partial|"
+                     r"varepsilon|epsilon|sqrt|sum|delta|cdot|mathrm|operatorname)\b")
+
+
+@pytest.mark.parametrize("query", ["gamma", "variance", "epsilon", "invariance"])
+def test_search_results_show_no_raw_tex(browser, site_url, query):
+    """Search result titles and snippets show math as text (γ, x̂, 1/m), not as TeX
+    (book/_static/search_math.js)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.goto(f"{site_url}/search.html?q={query}", wait_until="load")
+    tab.wait_for_function("() => /finished/i.test("
+                          "document.getElementById('search-progress')?.innerText || '')"
+                          " || document.querySelectorAll('#search-results li').length > 0")
+    tab.wait_for_load_state("networkidle")
+    tab.wait_for_timeout(300)
+    results = tab.evaluate("() => Array.from(document.querySelectorAll('#search-results li'))"
+                           ".map(li => li.textContent.replace(/\\s+/g, ' '))")
+    converted = tab.evaluate("""() => [
+      '\\\\hat x', 'C \\\\times H \\\\times W', '\\\\frac{1}{m}', '\\\\(\\\\mathbf{h}_t\\\\)',
+      '\\\\sqrt{\\\\sigma^2 + \\\\varepsilon}'].map(window.allAboutNormTexToText)""")
+    context.close()
+    assert len(results) >= 3, f"search for {query!r}: {len(results)} results"
+    snippets = [r for r in results if "..." in r or "…" in r]
+    assert snippets, f"search for {query!r}: no result has a snippet"
+    raw = [r[:160] for r in results if RAW_TEX.search(r)]
+    assert not raw, f"search for {query!r}: raw TeX in {len(raw)} results: {raw[:3]}"
+    assert converted == ["x\u0302", "C × H × W", "1/m", "h_t", "√σ^2 + ε"], converted
+
+
+def test_search_result_titles_are_text(browser, site_url):
+    """A section titled with math is listed by its text, "What γ and β are for"."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    query = urllib.parse.quote("What γ and β are for")  # a title matches a query as long
+    tab.goto(f"{site_url}/search.html?q={query}", wait_until="load")  # as half of it
+    tab.wait_for_function("() => document.querySelectorAll('#search-results li a').length")
+    titles = tab.evaluate("() => Array.from(document.querySelectorAll('#search-results li a'))"
+                          ".map(a => a.textContent)")
+    context.close()
+    assert any("γ and β" in t for t in titles), titles
+    assert not [t for t in titles if "\\" in t], titles
