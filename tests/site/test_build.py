@@ -82,3 +82,11 @@ def test_exercises_are_numbered_per_chapter(html_dir):
         assert set(solutions) <= set(numbers), f"{entry}: solutions {solutions} vs {numbers}"
         seen += len(numbers)
     assert seen >= 20, f"only {seen} numbered exercises found"
+
+
+def test_ledger_translations_open_with_an_opening_quote(html_dir):
+    """After the seed's words and a line break, the translation opens with “ (smart quotes
+    alone would give ”: book/_ext/br_quotes.py)."""
+    html = (html_dir / "book" / "claims.html").read_text(encoding="utf-8")
+    assert html.count("<br>“") >= 10
+    assert "<br>”" not in html, "a translation after <br> opens with a closing quote"
