@@ -164,7 +164,7 @@ def notebook_figures(notebook: Path) -> list[dict]:
 def figure_text_px(figure: dict, shown: dict) -> float:
     """The rendered size, in CSS pixels, of the figure's smallest text."""
     natural_px = figure["font_pt"] * figure["dpi"] / 72
-    return natural_px * shown["shown"] / shown["natural"]
+    return natural_px * shown["shown"] / max(shown["natural"], 1)
 
 
 def _serve(html: Path):
@@ -238,9 +238,10 @@ def main(argv: list[str]) -> int:
                     continue
                 measured = [(f, s, figure_text_px(f, s))
                             for f, s in zip(figs, shown, strict=True)]
-                failing_figures += sum(px < MIN_FIGURE_TEXT_PX for _, _, px in measured)
+                failing_figures += sum(px < MIN_FIGURE_TEXT_PX for _, s, px in measured
+                                       if s["shown"])
                 for f, s, px in measured:
-                    if px >= MIN_FIGURE_TEXT_PX + 1:
+                    if s["shown"] == 0 or px >= MIN_FIGURE_TEXT_PX + 1:
                         continue  # listed: under 9 px (failing) and within 1 px of it
                     mark = "**fails**" if px < MIN_FIGURE_TEXT_PX else "close"
                     fig_lines.append(
