@@ -29,6 +29,7 @@ __all__ = [
     "group_norm_backward",
     "instance_norm_backward",
     "rms_norm_backward",
+    "layer_norm_2d_backward",
 ]
 
 
@@ -135,6 +136,26 @@ def layer_norm_backward(grad_output, input, normalized_shape, weight=None, eps=1
     (True, (6,))
     """
     axes = core.layer_axes(tuple(input.shape), len(tuple(normalized_shape)))
+    return _centered_backward(grad_output, input, axes, weight, eps)
+
+
+def layer_norm_2d_backward(grad_output, input, weight=None, eps=1e-6):
+    """Gradients of functional.layer_norm_2d: layer norm over dim 1 at every position.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import torch
+    >>> from refimpl import functional
+    >>> rng = np.random.default_rng(0)
+    >>> x, g = rng.standard_normal((2, 2, 3, 4, 5))  # (N, C, H, W) = (2, 3, 4, 5)
+    >>> dx, dw, db = layer_norm_2d_backward(g, x)
+    >>> xt = torch.tensor(x, requires_grad=True)
+    >>> functional.layer_norm_2d(xt).backward(torch.tensor(g))
+    >>> bool(np.allclose(dx, xt.grad.numpy())), dw.shape
+    (True, (3,))
+    """
+    axes = core.channel_axes(tuple(input.shape))
     return _centered_backward(grad_output, input, axes, weight, eps)
 
 

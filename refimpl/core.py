@@ -28,6 +28,7 @@ __all__ = [
     "layer_axes",
     "instance_axes",
     "group_axes",
+    "channel_axes",
     "NORM_AXES",
     "moments",
     "naive_moments",
@@ -116,14 +117,31 @@ def group_axes(shape, num_groups: int) -> Axes:
     return Axes(view, tuple(range(2, len(view))), (1,))
 
 
+def channel_axes(shape) -> Axes:
+    """Channels-last layer norm on a channels-first input (ConvNeXt's LayerNorm on NCHW):
+    one statistic per sample and position, over the C channels (dim 1).
+
+    It is ``layer_axes`` of the channels-last (N, H, W, C) layout, read in place on
+    (N, C, H, W): the reduction axis is dim 1 instead of the last one.
+
+    Example:
+
+    >>> channel_axes((8, 3, 4, 4))  # 8 * 4 * 4 statistics, each over 3 values
+    Axes(view=(8, 3, 4, 4), reduce=(1,), params=(1,))
+    """
+    return Axes(tuple(shape), (1,), (1,))
+
+
 # The cube picture: for each norm, its axes for an (N, C, *spatial) input.
-# Layer and RMS norm normalize over every non-batch dim here.
+# Layer and RMS norm normalize over every non-batch dim here; "layer2d" is layer norm over
+# the channels of each position (refimpl.nn.LayerNorm2d), not over (C, H, W).
 NORM_AXES = {
     "batch": lambda shape, groups: batch_axes(shape),
     "layer": lambda shape, groups: layer_axes(shape, len(shape) - 1),
     "instance": lambda shape, groups: instance_axes(shape),
     "group": lambda shape, groups: group_axes(shape, groups),
     "rms": lambda shape, groups: layer_axes(shape, len(shape) - 1),
+    "layer2d": lambda shape, groups: channel_axes(shape),
 }
 
 
@@ -326,9 +344,10 @@ def statistic_groups(norm: str, shape, num_groups: int | None = None) -> np.ndar
     """Label each element of an ``(N, C, *spatial)`` array by the statistic it shares.
 
     Returns an int array of ``shape``: two elements carry the same integer exactly when
-    the normalization ``norm`` ("batch", "layer", "instance", "group", "rms") gives them
-    one mean and one variance. Labels are 0, 1, ... in order of first appearance. It is
-    computed from the same :class:`Axes` the layers use, so the picture is the code.
+    the normalization ``norm`` ("batch", "layer", "instance", "group", "rms", "layer2d")
+    gives them one mean and one variance. Labels are 0, 1, ... in order of first
+    appearance. It is computed from the same :class:`Axes` the layers use, so the picture
+    is the code.
 
     Example:
 
@@ -338,6 +357,8 @@ def statistic_groups(norm: str, shape, num_groups: int | None = None) -> np.ndar
     [[0, 0, 0], [1, 1, 1]]
     >>> statistic_groups("group", (1, 4, 2), num_groups=2).tolist()
     [[[0, 0], [0, 0], [1, 1], [1, 1]]]
+    >>> statistic_groups("layer2d", (1, 2, 3)).tolist()  # one per position, over C
+    [[[0, 1, 2], [0, 1, 2]]]
     """
     if norm not in NORM_AXES:
         raise ValueError(f"norm must be one of {sorted(NORM_AXES)}, got {norm!r}")

@@ -16,7 +16,7 @@ from array_api_compat import array_namespace
 
 from refimpl import core
 
-__all__ = ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm"]
+__all__ = ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm", "layer_norm_2d"]
 
 
 # --------------------------------------------------------------------------- checks
@@ -302,6 +302,42 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     axes = core.layer_axes(tuple(input.shape), len(normalized_shape))
     square = core.mean_square(input, axes.reduce)
     return core.normalize(input, None, square, eps, weight, None, axes.params)
+
+
+@_float32_for_half
+def layer_norm_2d(input, weight=None, bias=None, eps=1e-6):
+    """Layer norm over the channels (dim 1) of every position of an ``(N, C, *)`` input.
+
+    torch.nn.functional has no such function. It is what ConvNeXt's ``LayerNorm`` with
+    ``data_format="channels_first"`` and timm's ``LayerNorm2d`` compute: ``F.layer_norm``
+    on the channels-last view, ``F.layer_norm(x.movedim(1, -1), (C,), weight, bias,
+    eps).movedim(-1, 1)``, without the two copies. It is *not* ``group_norm(x, 1)``,
+    which normalizes each sample over (C, H, W) together. eps defaults to ConvNeXt's 1e-6
+    (``layer_norm``'s is 1e-5). Errors are those of that channels-last call.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.array([[[[1.0, 5.0]], [[3.0, 9.0]]]])  # (N, C, H, W) = (1, 2, 1, 2)
+    >>> layer_norm_2d(x, eps=0.0)[0, :, 0].tolist()  # each pixel's two channels: -1, +1
+    [[-1.0, -1.0], [1.0, 1.0]]
+    """
+    shape = tuple(input.shape)
+    if len(shape) < 2:  # what x.movedim(1, -1) raises: there is no dim 1
+        top = max(len(shape), 1)
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{-top}, {top - 1}], "
+            "but got 1)"
+        )
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and tuple(param.shape) != (shape[1],):
+            raise RuntimeError(
+                f"Expected {name} to be of same shape as normalized_shape, but got {name} "
+                f"of shape {list(param.shape)} and normalized_shape = [{shape[1]}]"
+            )
+    axes = core.channel_axes(shape)
+    mean, var = core.moments(input, axes.reduce)
+    return core.normalize(input, mean, var, eps, weight, bias, axes.params)
 
 
 # --------------------------------------------------------------------------- group norm

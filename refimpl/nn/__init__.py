@@ -12,7 +12,7 @@ One file per family, as in ``torch.nn.modules``:
   instance and masked norm share, and the helpers that register them;
 - :mod:`refimpl.nn.batchnorm`: ``BatchNorm1d/2d/3d`` (and their base ``_BatchNorm``);
 - :mod:`refimpl.nn.instancenorm`: ``InstanceNorm1d/2d/3d``;
-- :mod:`refimpl.nn.layernorm`: ``LayerNorm``, ``RMSNorm``;
+- :mod:`refimpl.nn.layernorm`: ``LayerNorm``, ``RMSNorm``, ``LayerNorm2d`` (not in torch.nn);
 - :mod:`refimpl.nn.groupnorm`: ``GroupNorm``;
 - :mod:`refimpl.nn.swap`: ``swap_norms``.
 
@@ -46,7 +46,7 @@ from refimpl.nn.instancenorm import (  # noqa: F401
     InstanceNorm3d,
     _InstanceNorm,
 )
-from refimpl.nn.layernorm import LayerNorm, RMSNorm, _as_shape  # noqa: F401
+from refimpl.nn.layernorm import LayerNorm, LayerNorm2d, RMSNorm, _as_shape  # noqa: F401
 from refimpl.nn.swap import _twin_of, _twins, swap_norms  # noqa: F401
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "LayerNorm",
     "GroupNorm",
     "RMSNorm",
+    "LayerNorm2d",
     "swap_norms",
 ]
 

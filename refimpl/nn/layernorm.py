@@ -1,4 +1,5 @@
-"""Norms over each sample's trailing dims: ``LayerNorm`` and ``RMSNorm``."""
+"""Norms over each sample's trailing dims, ``LayerNorm`` and ``RMSNorm``, and
+``LayerNorm2d``: layer norm over the channels of each position of an image."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch.nn import Module, Parameter, init
 from refimpl import functional
 from refimpl.nn.base import _register_affine, _reset_affine
 
-__all__ = ["LayerNorm", "RMSNorm"]
+__all__ = ["LayerNorm", "RMSNorm", "LayerNorm2d"]
 
 
 def _as_shape(normalized_shape) -> tuple[int, ...]:
@@ -102,3 +103,48 @@ class RMSNorm(Module):
         return (
             f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
         )
+
+
+class LayerNorm2d(LayerNorm):
+    """Layer norm over the C channels of every pixel of an (N, C, H, W) input.
+
+    torch.nn has no such class. It is the LayerNorm of ConvNeXt (Liu et al., 2022)
+    (its ``LayerNorm(..., data_format="channels_first")``), timm's ``LayerNorm2d`` and
+    torchvision's ``convnext.LayerNorm2d``: ``torch.nn.LayerNorm(C)`` applied to the
+    channels-last (N, H, W, C) view, one mean and variance per sample and position.
+    It is *not* ``GroupNorm(1, C)``, which normalizes each sample over (C, H, W)
+    together. Parameters and ``state_dict`` keys are those of ``torch.nn.LayerNorm(C)``
+    (``weight`` and ``bias`` of shape (C,)), so weights load from either.
+
+    eps defaults to 1e-6, ConvNeXt's and timm's value (``LayerNorm``'s is 1e-5).
+
+    Example:
+
+    >>> import torch
+    >>> ln = LayerNorm2d(3)
+    >>> y = ln(torch.arange(24.0).reshape(1, 3, 2, 4))  # (N, C, H, W)
+    >>> bool(y.mean(dim=1).abs().max() < 1e-6), tuple(ln.weight.shape)  # per pixel
+    (True, (3,))
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-6,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(num_channels, eps, elementwise_affine, bias, device, dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.dim() != 4:  # torch's 2d modules' check (BatchNorm2d, InstanceNorm2d)
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+        (channels,) = self.normalized_shape
+        if input.shape[1] != channels:
+            raise RuntimeError(
+                f"Given normalized_shape=[{channels}], expected input with shape "
+                f"[N, {channels}, H, W], but got input of size{list(input.shape)}"
+            )
+        return functional.layer_norm_2d(input, self.weight, self.bias, self.eps)
