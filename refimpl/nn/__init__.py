@@ -14,6 +14,7 @@ One file per family, as in ``torch.nn.modules``:
 - :mod:`refimpl.nn.instancenorm`: ``InstanceNorm1d/2d/3d``;
 - :mod:`refimpl.nn.layernorm`: ``LayerNorm``, ``RMSNorm``, ``LayerNorm2d`` (not in torch.nn);
 - :mod:`refimpl.nn.groupnorm`: ``GroupNorm``;
+- :mod:`refimpl.nn.dyt`: ``DynamicTanh`` (DyT; not in torch);
 - :mod:`refimpl.nn.swap`: ``swap_norms``.
 
 ``SyncBatchNorm`` (:mod:`refimpl.distributed`) and ``MaskedBatchNorm1d``,
@@ -39,6 +40,7 @@ from refimpl.nn.base import (  # noqa: F401
     _reset_affine,
 )
 from refimpl.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm  # noqa: F401
+from refimpl.nn.dyt import DynamicTanh
 from refimpl.nn.groupnorm import GroupNorm
 from refimpl.nn.instancenorm import (  # noqa: F401
     InstanceNorm1d,
@@ -53,6 +55,7 @@ __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "DynamicTanh",
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
