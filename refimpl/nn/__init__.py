@@ -14,6 +14,8 @@ One file per family, as in ``torch.nn.modules``:
 - :mod:`refimpl.nn.instancenorm`: ``InstanceNorm1d/2d/3d``;
 - :mod:`refimpl.nn.layernorm`: ``LayerNorm``, ``RMSNorm``;
 - :mod:`refimpl.nn.groupnorm`: ``GroupNorm``;
+- :mod:`refimpl.nn.batchrenorm`: ``BatchRenorm1d/2d`` (batch renorm, which torch lacks)
+  and ``convert_batch_renorm``;
 - :mod:`refimpl.nn.swap`: ``swap_norms``.
 
 ``SyncBatchNorm`` (:mod:`refimpl.distributed`) and ``MaskedBatchNorm1d``,
@@ -39,6 +41,7 @@ from refimpl.nn.base import (  # noqa: F401
     _reset_affine,
 )
 from refimpl.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm  # noqa: F401
+from refimpl.nn.batchrenorm import BatchRenorm1d, BatchRenorm2d, convert_batch_renorm
 from refimpl.nn.groupnorm import GroupNorm
 from refimpl.nn.instancenorm import (  # noqa: F401
     InstanceNorm1d,
@@ -60,6 +63,9 @@ __all__ = [
     "GroupNorm",
     "RMSNorm",
     "swap_norms",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "convert_batch_renorm",
 ]
 
 # Modules beyond torch.nn's norms, defined elsewhere on top of the bases above: the
