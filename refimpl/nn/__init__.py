@@ -15,6 +15,8 @@ One file per family, as in ``torch.nn.modules``:
 - :mod:`refimpl.nn.layernorm`: ``LayerNorm``, ``RMSNorm``, ``LayerNorm2d`` (not in torch.nn);
 - :mod:`refimpl.nn.groupnorm`: ``GroupNorm``;
 - :mod:`refimpl.nn.dyt`: ``DynamicTanh`` (DyT; not in torch);
+- :mod:`refimpl.nn.batchrenorm`: ``BatchRenorm1d/2d`` (batch renorm, which torch lacks)
+  and ``convert_batch_renorm``;
 - :mod:`refimpl.nn.swap`: ``swap_norms``.
 
 ``SyncBatchNorm`` (:mod:`refimpl.distributed`) and ``MaskedBatchNorm1d``,
@@ -40,6 +42,7 @@ from refimpl.nn.base import (  # noqa: F401
     _reset_affine,
 )
 from refimpl.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm  # noqa: F401
+from refimpl.nn.batchrenorm import BatchRenorm1d, BatchRenorm2d, convert_batch_renorm
 from refimpl.nn.dyt import DynamicTanh
 from refimpl.nn.groupnorm import GroupNorm
 from refimpl.nn.instancenorm import (  # noqa: F401
@@ -64,6 +67,9 @@ __all__ = [
     "RMSNorm",
     "LayerNorm2d",
     "swap_norms",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "convert_batch_renorm",
 ]
 
 # Modules beyond torch.nn's norms, defined elsewhere on top of the bases above: the
