@@ -14,7 +14,11 @@ One file per family, as in ``torch.nn.modules``:
 - :mod:`refimpl.nn.instancenorm`: ``InstanceNorm1d/2d/3d``;
 - :mod:`refimpl.nn.layernorm`: ``LayerNorm``, ``RMSNorm``;
 - :mod:`refimpl.nn.groupnorm`: ``GroupNorm``;
-- :mod:`refimpl.nn.swap`: ``swap_norms``.
+- :mod:`refimpl.nn.swap`: ``swap_norms``;
+- :mod:`refimpl.nn.conv`: ``weight_standardize``, ``WSConv2d`` (weight standardization;
+  not in torch);
+- :mod:`refimpl.nn.frn`: ``filter_response_norm``, ``tlu``, ``FilterResponseNorm2d``,
+  ``TLU`` (filter response normalization; not in torch).
 
 ``SyncBatchNorm`` (:mod:`refimpl.distributed`) and ``MaskedBatchNorm1d``,
 ``PerStepBatchNorm1d`` (:mod:`refimpl.recurrent`) are built on these bases and are also
@@ -39,6 +43,8 @@ from refimpl.nn.base import (  # noqa: F401
     _reset_affine,
 )
 from refimpl.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm  # noqa: F401
+from refimpl.nn.conv import WSConv2d, weight_standardize
+from refimpl.nn.frn import TLU, FilterResponseNorm2d, filter_response_norm, tlu
 from refimpl.nn.groupnorm import GroupNorm
 from refimpl.nn.instancenorm import (  # noqa: F401
     InstanceNorm1d,
@@ -60,6 +66,12 @@ __all__ = [
     "GroupNorm",
     "RMSNorm",
     "swap_norms",
+    "WSConv2d",
+    "weight_standardize",
+    "FilterResponseNorm2d",
+    "TLU",
+    "filter_response_norm",
+    "tlu",
 ]
 
 # Modules beyond torch.nn's norms, defined elsewhere on top of the bases above: the
