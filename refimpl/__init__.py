@@ -8,6 +8,7 @@ normalization kernels, so comparing the two is a real test.
 
 from refimpl import (  # distributed and recurrent build on refimpl.nn's bases
     backward,
+    batch_renorm,
     core,
     data,
     distributed,
@@ -26,6 +27,7 @@ from refimpl.notebook import setup
 
 __all__ = [
     "backward",
+    "batch_renorm",
     "check",
     "check_table",
     "claim",

@@ -14,6 +14,8 @@ One file per family, as in ``torch.nn.modules``:
 - :mod:`refimpl.nn.instancenorm`: ``InstanceNorm1d/2d/3d``;
 - :mod:`refimpl.nn.layernorm`: ``LayerNorm``, ``RMSNorm``;
 - :mod:`refimpl.nn.groupnorm`: ``GroupNorm``;
+- :mod:`refimpl.nn.batchrenorm`: ``BatchRenorm1d/2d`` (batch renorm, which torch lacks)
+  and ``convert_batch_renorm``;
 - :mod:`refimpl.nn.swap`: ``swap_norms``;
 - :mod:`refimpl.nn.conv`: ``weight_standardize``, ``WSConv2d`` (weight standardization;
   not in torch);
@@ -43,6 +45,7 @@ from refimpl.nn.base import (  # noqa: F401
     _reset_affine,
 )
 from refimpl.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm  # noqa: F401
+from refimpl.nn.batchrenorm import BatchRenorm1d, BatchRenorm2d, convert_batch_renorm
 from refimpl.nn.conv import WSConv2d, weight_standardize
 from refimpl.nn.frn import TLU, FilterResponseNorm2d, filter_response_norm, tlu
 from refimpl.nn.groupnorm import GroupNorm
@@ -66,6 +69,9 @@ __all__ = [
     "GroupNorm",
     "RMSNorm",
     "swap_norms",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "convert_batch_renorm",
     "WSConv2d",
     "weight_standardize",
     "FilterResponseNorm2d",
