@@ -17,7 +17,11 @@ One file per family, as in ``torch.nn.modules``:
 - :mod:`refimpl.nn.dyt`: ``DynamicTanh`` (DyT; not in torch);
 - :mod:`refimpl.nn.batchrenorm`: ``BatchRenorm1d/2d`` (batch renorm, which torch lacks)
   and ``convert_batch_renorm``;
-- :mod:`refimpl.nn.swap`: ``swap_norms``.
+- :mod:`refimpl.nn.swap`: ``swap_norms``;
+- :mod:`refimpl.nn.conv`: ``weight_standardize``, ``WSConv2d`` (weight standardization;
+  not in torch);
+- :mod:`refimpl.nn.frn`: ``filter_response_norm``, ``tlu``, ``FilterResponseNorm2d``,
+  ``TLU`` (filter response normalization; not in torch).
 
 ``SyncBatchNorm`` (:mod:`refimpl.distributed`) and ``MaskedBatchNorm1d``,
 ``PerStepBatchNorm1d`` (:mod:`refimpl.recurrent`) are built on these bases and are also
@@ -43,7 +47,9 @@ from refimpl.nn.base import (  # noqa: F401
 )
 from refimpl.nn.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm  # noqa: F401
 from refimpl.nn.batchrenorm import BatchRenorm1d, BatchRenorm2d, convert_batch_renorm
+from refimpl.nn.conv import WSConv2d, weight_standardize
 from refimpl.nn.dyt import DynamicTanh
+from refimpl.nn.frn import TLU, FilterResponseNorm2d, filter_response_norm, tlu
 from refimpl.nn.groupnorm import GroupNorm
 from refimpl.nn.instancenorm import (  # noqa: F401
     InstanceNorm1d,
@@ -70,6 +76,12 @@ __all__ = [
     "BatchRenorm1d",
     "BatchRenorm2d",
     "convert_batch_renorm",
+    "WSConv2d",
+    "weight_standardize",
+    "FilterResponseNorm2d",
+    "TLU",
+    "filter_response_norm",
+    "tlu",
 ]
 
 # Modules beyond torch.nn's norms, defined elsewhere on top of the bases above: the
