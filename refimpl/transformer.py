@@ -9,7 +9,7 @@ Everything a reader needs to replay the chapter's experiments in a few seconds o
   logit reported on request;
 - :class:`TransformerBlock`: one block, post-LN (the original transformer's
   ``x = norm(x + f(x))``) or pre-LN (``x = x + f(norm(x))``), laid out and named like
-  :class:`torch.nn.TransformerEncoderLayer` (``self_attn``, ``linear1``, ``linear2``,
+  ``torch.nn.TransformerEncoderLayer`` (``self_attn``, ``linear1``, ``linear2``,
   ``norm1``, ``norm2``; torch's ``norm_first=True`` is ``norm_position="pre"``);
 - :class:`TinyTransformer`: embeddings, blocks, a final norm for pre-LN, a linear head;
 - :func:`layer_gradient_norms`: the gradient-norm probe (per block, at the current weights);
@@ -181,7 +181,7 @@ class TransformerBlock(Module):
     ``norm_position="post"`` (the original transformer): ``x = norm1(x + attn(x))``, then
     ``x = norm2(x + ffn(x))``. ``"pre"``: ``x = x + attn(norm1(x))``, then
     ``x = x + ffn(norm2(x))``. Names and computation follow
-    :class:`torch.nn.TransformerEncoderLayer` with ``dropout=0``, ``batch_first=True`` and
+    ``torch.nn.TransformerEncoderLayer`` with ``dropout=0``, ``batch_first=True`` and
     ``norm_first = (norm_position == "pre")``; ``norm`` is any :func:`make_norm` choice
     (torch's layer always uses LayerNorm), ``qk_norm`` goes to :class:`SelfAttention`.
 

@@ -5,7 +5,7 @@ layer norm of a transformer by this elementwise map: a learnable *scalar* ``alph
 squashes the input (no statistics are computed), then a per-feature affine follows, as in
 layer norm. torch has no such module; the name ``DynamicTanh`` and the initial value
 ``alpha_init`` (default 0.5) follow the paper's reference code, the rest (a trailing
-``normalized_shape``, ``elementwise_affine``, ``bias``) follows :class:`torch.nn.LayerNorm`.
+``normalized_shape``, ``elementwise_affine``, ``bias``) follows ``torch.nn.LayerNorm``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class DynamicTanh(Module):
 
     ``alpha`` is one learnable scalar (shape ``(1,)``), initialised to ``alpha_init``;
     ``weight`` (ones) and ``bias`` (zeros) have ``normalized_shape``, as layer norm's.
-    Not in torch (Zhu et al. 2025); the constructor mirrors :class:`torch.nn.LayerNorm`'s,
+    Not in torch (Zhu et al. 2025); the constructor mirrors ``torch.nn.LayerNorm``'s,
     with ``alpha_init`` in place of ``eps``. No statistics: each value is mapped on its own,
     so the output does not depend on the other features of the token.
 
