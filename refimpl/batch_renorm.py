@@ -31,12 +31,10 @@ from array_api_compat import array_namespace, is_torch_array
 
 from refimpl import backward, core
 from refimpl.functional import (
-    _check_per_channel,
+    _check_batch_norm_args,
     _float32_for_half,
-    _size_obj,
     _unbiased,
     _update_running_,
-    _verify_batch_size,
 )
 
 __all__ = [
@@ -97,25 +95,10 @@ def _check(
     input, running_mean, running_var, weight, bias, training, momentum, eps, r_max, d_max
 ) -> None:
     """batch_norm's checks, with its messages; then the limits."""
-    shape = tuple(input.shape)
-    if training:
-        _verify_batch_size(_size_obj(input))
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_renorm eps must be positive during training, but got {eps}")
-    if eps < 0.0:
-        raise ValueError(f"batch_renorm eps must be non-negative, but got {eps}")
-    if momentum is None:
-        raise TypeError("batch_renorm(): argument 'momentum' must be float, not NoneType")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must either both be None or neither be None")
-    if running_mean is None:
-        if not training:  # torch's message
-            raise RuntimeError("running_mean must be defined in evaluation mode")
-        raise RuntimeError("running_mean must be defined in training mode too: r and d use it")
-    channels = shape[1] if len(shape) > 1 else 0
-    _check_per_channel(
-        {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias},
-        channels,
+    _check_batch_norm_args(
+        "batch_renorm", input, running_mean, running_var, weight, bias, training, momentum,
+        eps, training_needs_running="running_mean must be defined in training mode too: "
+        "r and d use it",
     )
     check_limits(r_max, d_max)
 

@@ -127,6 +127,36 @@ def _float32_for_half(norm):
 # --------------------------------------------------------------------------- batch norm
 
 
+def _check_batch_norm_args(
+    name, input, running_mean, running_var, weight, bias, training, momentum, eps,
+    training_needs_running=None,
+) -> None:
+    """batch_norm's argument checks with torch's messages (``name`` in them), shared by
+    batch_renorm; ``training_needs_running`` is the error text when training mode also
+    needs running statistics (batch_renorm's r and d use them)."""
+    shape = tuple(input.shape)
+    if training:
+        _verify_batch_size(_size_obj(input))
+    if training and eps <= 0.0:
+        raise ValueError(f"{name} eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"{name} eps must be non-negative, but got {eps}")
+    if momentum is None:
+        raise TypeError(f"{name}(): argument 'momentum' must be float, not NoneType")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    if running_mean is None:
+        if not training:  # torch's message
+            raise RuntimeError("running_mean must be defined in evaluation mode")
+        if training_needs_running:
+            raise RuntimeError(training_needs_running)
+    channels = shape[1] if len(shape) > 1 else 0
+    _check_per_channel(
+        {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias},
+        channels,
+    )
+
+
 @_float32_for_half
 def batch_norm(
     input,
@@ -155,22 +185,8 @@ def batch_norm(
     ([0.2, 2.0], [1.1, 20.9])
     """
     shape = tuple(input.shape)
-    if training:
-        _verify_batch_size(_size_obj(input))
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-    if eps < 0.0:
-        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if momentum is None:
-        raise TypeError("batch_norm(): argument 'momentum' must be float, not NoneType")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must either both be None or neither be None")
-    if not training and running_mean is None:
-        raise RuntimeError("running_mean must be defined in evaluation mode")
-    channels = shape[1] if len(shape) > 1 else 0
-    _check_per_channel(
-        {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias},
-        channels,
+    _check_batch_norm_args(
+        "batch_norm", input, running_mean, running_var, weight, bias, training, momentum, eps
     )
 
     xp = array_namespace(input)
